@@ -1,0 +1,65 @@
+"""Entities and value types. Frozen, so a cached copy can never be changed in place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class Author(msgspec.Struct, frozen=True):
+    """The part of a user every tweet carries; cached by id."""
+
+    id: int
+    username: str
+    display_name: str
+
+
+class User(msgspec.Struct, frozen=True):
+    id: int
+    username: str
+    display_name: str
+    bio: str
+    created_at: datetime
+    followers_count: int
+    following_count: int
+    tweets_count: int
+    is_celebrity: bool = False
+    is_admin: bool = False
+
+    def as_author(self) -> Author:
+        return Author(id=self.id, username=self.username, display_name=self.display_name)
+
+
+class Media(msgspec.Struct, frozen=True):
+    id: int
+    content_type: str
+    key: str
+    alt: str = ""
+
+
+class Tweet(msgspec.Struct, frozen=True):
+    id: int
+    author_id: int
+    text: str
+    created_at: datetime
+    reply_to: int | None = None
+    media: tuple[Media, ...] = ()
+    like_count: int = 0
+    reply_count: int = 0
+    deleted: bool = False
+
+
+class TweetView(msgspec.Struct, frozen=True):
+    """A tweet as one reader sees it: with its author and whether the reader liked it."""
+
+    tweet: Tweet
+    author: Author
+    liked: bool = False
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One page of a list, newest first unless the list says otherwise."""
+
+    items: list[TweetView]
+    next_cursor: int | None

@@ -1,0 +1,128 @@
+"""The fanout worker: keeps home timelines in Redis in step with the events.
+
+Every effect is idempotent (ZADD and ZREM of the same members, cache drops), so a redelivered
+event changes nothing. Decisions are taken from Postgres at processing time, not from the
+event: a tweet deleted before its TweetPosted is processed is not pushed, and a follow undone
+before its Followed is processed is not merged."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from domain.events import (
+    AnyEvent,
+    FanoutModeChanged,
+    Followed,
+    TweetDeleted,
+    TweetPosted,
+    Unfollowed,
+)
+from domain.ids import id_timestamp_ms
+from storage.hydrate import TweetReader
+from storage.redis_store import RedisTimelineStore
+from storage.repositories import FollowRepository, TweetRepository, UserRepository
+from storage.timeline import HomeTimeline
+
+log = logging.getLogger("chirp.fanout")
+
+
+class FanoutStats:
+    def __init__(self) -> None:
+        self.tweets_fanned_out = 0
+        self.timeline_writes = 0
+        self.celebrity_skips = 0
+        self.last_lag_ms = 0.0
+
+
+class Fanout:
+    def __init__(
+        self,
+        store: RedisTimelineStore,
+        timelines: HomeTimeline,
+        tweets: TweetRepository,
+        users: UserRepository,
+        follows: FollowRepository,
+        reader: TweetReader,
+        *,
+        active_days: int,
+        chunk_size: int = 1000,
+        mode_change_backfill: int = 50,
+    ) -> None:
+        self._store = store
+        self._timelines = timelines
+        self._tweets = tweets
+        self._users = users
+        self._follows = follows
+        self._reader = reader
+        self._active = timedelta(days=active_days)
+        self._chunk_size = chunk_size
+        self._mode_change_backfill = mode_change_backfill
+        self.stats = FanoutStats()
+
+    async def handle(self, event: AnyEvent) -> None:
+        match event:
+            case TweetPosted():
+                await self.fan_out_tweet(event)
+            case TweetDeleted():
+                await self.fan_out_deletion(event)
+            case Followed():
+                if await self._follows.is_following(event.follower_id, event.followee_id):
+                    await self._timelines.merge_into_timeline(event.follower_id, event.followee_id)
+            case Unfollowed():
+                if not await self._follows.is_following(event.follower_id, event.followee_id):
+                    await self._timelines.unmerge_from_timeline(
+                        event.follower_id, event.followee_id
+                    )
+            case FanoutModeChanged():
+                await self.change_fanout_mode(event)
+
+    def _active_since(self) -> datetime:
+        return datetime.now(UTC) - self._active
+
+    async def fan_out_tweet(self, event: TweetPosted) -> None:
+        tweet = await self._tweets.get(event.tweet_id)
+        if tweet is None or tweet.deleted:
+            return
+        author = await self._users.get(event.author_id)
+        if author is None:
+            return
+        await self._store.push_to_author(author.id, tweet.id)
+        # Read-your-writes was best effort in the request; make it certain here.
+        await self._store.push_to_timelines([author.id], [tweet.id])
+        if author.is_celebrity:
+            self.stats.celebrity_skips += 1
+            return
+        await self.push_to_followers(author.id, [tweet.id])
+        self.stats.tweets_fanned_out += 1
+        self.stats.last_lag_ms = time.time() * 1000 - id_timestamp_ms(tweet.id)
+
+    async def push_to_followers(self, author_id: int, tweet_ids: list[int]) -> None:
+        async for chunk in self._follows.active_follower_chunks(
+            author_id, self._active_since(), self._chunk_size
+        ):
+            await self._store.push_to_timelines(chunk, tweet_ids)
+            self.stats.timeline_writes += len(chunk) * len(tweet_ids)
+
+    async def fan_out_deletion(self, event: TweetDeleted) -> None:
+        # The cache first: from then on every read drops the tweet, whatever the sets hold.
+        await self._reader.forget_tweets([event.tweet_id])
+        await self._store.unpush_from_author(event.author_id, event.tweet_id)
+        await self._store.unpush_from_timelines([event.author_id], [event.tweet_id])
+        async for chunk in self._follows.active_follower_chunks(
+            event.author_id, self._active_since(), self._chunk_size
+        ):
+            await self._store.unpush_from_timelines(chunk, [event.tweet_id])
+
+    async def change_fanout_mode(self, event: FanoutModeChanged) -> None:
+        author = await self._users.get(event.author_id)
+        if author is None or author.is_celebrity:
+            return
+        # Back to push mode: the tweets that were merged at read time must now be in the
+        # followers' timelines, or they would vanish from them.
+        recent = await self._tweets.ids_by_authors(
+            [author.id], before=None, after=None, limit=self._mode_change_backfill
+        )
+        if recent:
+            await self.push_to_followers(author.id, recent)

@@ -1,0 +1,172 @@
+"""The NATS connection, the JetStream stream Chirp's events travel on, and publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import Error as JetStreamError
+
+log = logging.getLogger("chirp.nats")
+
+NATS_ERRORS: tuple[type[BaseException], ...] = (NatsError, JetStreamError, OSError, TimeoutError)
+
+
+class StreamNames:
+    """Stream, subject and consumer names (listed in the README's operator table). Tests use
+    their own stream and subject prefix so they never touch a running instance's events."""
+
+    def __init__(self, stream: str = "CHIRP", subject_prefix: str = "chirp") -> None:
+        self.stream = stream
+        self.prefix = subject_prefix
+        self.dead_letter_stream = f"{stream}_DLQ"
+
+    def subject(self, kind: str) -> str:
+        return f"{self.prefix}.{kind}"
+
+    @property
+    def stream_subjects(self) -> list[str]:
+        return [f"{self.prefix}.tweet.*", f"{self.prefix}.follow.*", f"{self.prefix}.author.*"]
+
+    def dead_letter(self, consumer: str) -> str:
+        return f"{self.prefix}_dlq.{consumer}"
+
+    def live(self, user_id: int) -> str:
+        # Core NATS (not in the stream): live push is for whoever is connected right now.
+        return f"{self.prefix}_live.user.{user_id}"
+
+
+class NatsLink:
+    """One NATS connection per process. If NATS is down at start the process still starts
+    and keeps trying in the background; callers check `connected` and degrade."""
+
+    def __init__(self, url: str, *, name: str) -> None:
+        self._url = url
+        self._name = name
+        self._client: NatsClient | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        # Run after every (re)connection: a NATS that restarted without its store has lost
+        # the streams, and they must exist before anything is published or consumed.
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    @property
+    def client(self) -> NatsClient:
+        if self._client is None:
+            raise ConnectionError("NATS is not connected")
+        return self._client
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.client.jetstream(timeout=5)
+
+    async def start(self, *, wait: bool = False) -> None:
+        if not await self._try_connect() and self._connecting is None:
+            self._connecting = asyncio.create_task(self._keep_connecting(), name="nats-connect")
+            if wait:
+                await self.ready.wait()
+
+    async def _try_connect(self) -> bool:
+        try:
+            self._client = await nats.connect(
+                servers=[self._url],
+                name=self._name,
+                connect_timeout=1,
+                reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            )
+        except NATS_ERRORS as error:
+            log.warning("nats connect failed", extra={"url": self._url, "error": repr(error)})
+            return False
+        await self._prepare()
+        self.ready.set()
+        return True
+
+    async def _prepare(self) -> None:
+        if self.on_connect is not None:
+            try:
+                await self.on_connect()
+            except NATS_ERRORS as error:
+                log.warning("nats on_connect failed", extra={"error": repr(error)})
+
+    async def _keep_connecting(self) -> None:
+        while not await self._try_connect():
+            await asyncio.sleep(1.0)
+
+    async def _on_error(self, error: Exception) -> None:
+        log.debug("nats error", extra={"error": repr(error)})
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected")
+        await self._prepare()
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._client is not None and not self._client.is_closed:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._client.drain()
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._client.close()
+
+
+async def ensure_streams(link: NatsLink, names: StreamNames, *, duplicate_window: float) -> None:
+    """Creates or updates the event stream and its dead-letter stream. The duplicate window
+    must exceed the outbox relay's worst-case delay between a publish and its retry."""
+    js = link.js
+    config = StreamConfig(
+        name=names.stream,
+        subjects=names.stream_subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=duplicate_window,
+        max_age=7 * 24 * 3600,
+    )
+    dead = StreamConfig(
+        name=names.dead_letter_stream,
+        subjects=[f"{names.prefix}_dlq.>"],
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600,
+    )
+    for stream in (config, dead):
+        try:
+            await js.add_stream(stream)
+        except JetStreamError:
+            await js.update_stream(stream)
+
+
+class JetStreamPublisher:
+    def __init__(self, link: NatsLink, names: StreamNames, *, timeout: float = 2.0) -> None:
+        self._link = link
+        self._names = names
+        self._timeout = timeout
+
+    async def publish(self, event_id: int, kind: str, payload: bytes) -> None:
+        """Publishes one event; the event id as Nats-Msg-Id makes a republish a no-op."""
+        await self._link.js.publish(
+            self._names.subject(kind),
+            payload,
+            timeout=self._timeout,
+            stream=self._names.stream,
+            headers={"Nats-Msg-Id": str(event_id)},
+        )

@@ -1,0 +1,116 @@
+"""Turning tweet ids into what readers see: tweets from the cache (one MGET, misses from
+Postgres in one query, then cached), their authors likewise, and the reader's likes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from domain.model import Author, Tweet, TweetView
+from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisObjectCache
+from storage.repositories import TweetRepository, UserRepository
+
+
+class TweetReader:
+    def __init__(
+        self,
+        tweets: TweetRepository,
+        users: UserRepository,
+        tweet_cache: RedisObjectCache[Tweet],
+        author_cache: RedisObjectCache[Author],
+        breaker: RedisBreaker,
+    ) -> None:
+        self._tweets = tweets
+        self._users = users
+        self._tweet_cache = tweet_cache
+        self._author_cache = author_cache
+        self._breaker = breaker
+        self.hits = 0
+        self.misses = 0
+
+    async def tweets(self, ids: Sequence[int]) -> dict[int, Tweet]:
+        found: dict[int, Tweet] = await self._cached(self._tweet_cache, ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            loaded = await self._tweets.get_many(missing)
+            found.update(loaded)
+            await self._store(self._tweet_cache, loaded)
+        return found
+
+    async def authors(self, ids: Sequence[int]) -> dict[int, Author]:
+        found: dict[int, Author] = await self._cached(self._author_cache, ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            loaded = await self._users.authors(missing)
+            found.update(loaded)
+            await self._store(self._author_cache, loaded)
+        return found
+
+    async def views(
+        self,
+        viewer_id: int | None,
+        ids: Sequence[int],
+        *,
+        visible_authors: set[int] | None = None,
+    ) -> list[TweetView]:
+        """The tweets in the order given, without deleted or unknown ones (and, when
+        `visible_authors` is given, without tweets by anyone else)."""
+        tweets = await self.tweets(ids)
+        shown = [
+            tweets[i]
+            for i in ids
+            if i in tweets
+            and not tweets[i].deleted
+            and (visible_authors is None or tweets[i].author_id in visible_authors)
+        ]
+        return await self.render(viewer_id, shown)
+
+    async def render(self, viewer_id: int | None, tweets: Sequence[Tweet]) -> list[TweetView]:
+        authors = await self.authors(list({t.author_id for t in tweets}))
+        liked = (
+            await self._tweets.liked_among(viewer_id, [t.id for t in tweets])
+            if viewer_id is not None
+            else set()
+        )
+        return [
+            TweetView(tweet=t, author=authors[t.author_id], liked=t.id in liked)
+            for t in tweets
+            if t.author_id in authors
+        ]
+
+    async def forget_tweets(self, ids: Sequence[int]) -> None:
+        """Drops cached copies after a change (likes, replies, deletion)."""
+        if not self._breaker.closed:
+            return
+        try:
+            await self._tweet_cache.invalidate(ids)
+        except REDIS_ERRORS:
+            self._breaker.trip()
+
+    async def forget_authors(self, ids: Sequence[int]) -> None:
+        if not self._breaker.closed:
+            return
+        try:
+            await self._author_cache.invalidate(ids)
+        except REDIS_ERRORS:
+            self._breaker.trip()
+
+    async def _cached(self, cache: RedisObjectCache[Any], ids: Sequence[int]) -> dict[int, Any]:
+        if not ids or not self._breaker.closed:
+            return {}
+        try:
+            found = await cache.get_many(ids)
+        except REDIS_ERRORS:
+            self._breaker.trip()
+            return {}
+        self.hits += len(found)
+        self.misses += len(ids) - len(found)
+        return found
+
+    async def _store(self, cache: RedisObjectCache[Any], objects: dict[int, Any]) -> None:
+        if not objects or not self._breaker.closed:
+            return
+        try:
+            await cache.put_many(objects)
+        except REDIS_ERRORS:
+            self._breaker.trip()

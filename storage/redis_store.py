@@ -1,0 +1,291 @@
+"""Redis adapters: home timelines, per-author tweet lists, the tweet and author caches and
+rate-limit counters. Everything here is derived from Postgres and can be rebuilt from it.
+
+Timelines are sorted sets whose members all have score 0 and are zero-padded Snowflake ids:
+Redis orders equal-score members lexicographically, which for fixed-width digits is numeric
+order, so ordering and cursors stay exact (a 63-bit id as a double score would not). Each
+complete timeline also holds a sentinel member (all zeros, always the lowest): a set without
+it — never built, expired, or created by a fanout push after expiry — is treated as missing
+and rebuilt from Postgres."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from domain.ids import encode_member
+from domain.model import Author, Tweet
+
+SENTINEL = encode_member(0)
+
+# Errors that mean "Redis is not usable right now": the caller falls back to Postgres.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+def connect_redis(url: str, *, max_connections: int = 64) -> aioredis.Redis:
+    """A client with short timeouts: a dead Redis must cost a request milliseconds, not
+    seconds, before it falls back to Postgres. Creating it does not connect."""
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=0.5,
+        socket_timeout=2.0,
+        max_connections=max_connections,
+        retry_on_timeout=False,
+    )
+    return client
+
+
+class RedisKeys:
+    """Every Redis key Chirp uses (listed in the README's operator table)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def timeline(self, user_id: int) -> str:
+        return f"{self.prefix}tl:{user_id}"
+
+    def author_tweets(self, author_id: int) -> str:
+        return f"{self.prefix}ut:{author_id}"
+
+    def tweet(self, tweet_id: int) -> str:
+        return f"{self.prefix}tw:{tweet_id}"
+
+    def author(self, user_id: int) -> str:
+        return f"{self.prefix}au:{user_id}"
+
+    def rate(self, name: str, subject: str, window: int) -> str:
+        return f"{self.prefix}rl:{name}:{subject}:{window}"
+
+
+def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
+    """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""
+    upper = "(" + encode_member(before) if before is not None else "+"
+    lower = "(" + encode_member(after) if after is not None else "(" + SENTINEL
+    return upper, lower
+
+
+# Push to an author list only where it is already complete; a partial list would hide the
+# author's older tweets from the read-time merge.
+_PUSH_IF_COMPLETE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[3]) + 1))
+end
+return 1
+"""
+
+
+class TimelinePage(msgspec.Struct, frozen=True):
+    ids: list[int]
+    # The set was trimmed to its cap: older entries exist only in Postgres.
+    truncated: bool
+
+
+class RedisTimelineStore:
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys, *, max_entries: int, ttl: int) -> None:
+        self._redis = client
+        self._keys = keys
+        self.max_entries = max_entries
+        self._ttl = ttl
+        self._push_if_complete = client.register_script(_PUSH_IF_COMPLETE)
+
+    async def _page(
+        self, key: str, before: int | None, after: int | None, count: int
+    ) -> TimelinePage | None:
+        upper, lower = lex_range(before, after)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(key, SENTINEL)
+            pipe.zrevrangebylex(key, upper, lower, start=0, num=count)
+            pipe.zcard(key)
+            complete, members, size = await pipe.execute()
+        if complete is None:
+            return None
+        return TimelinePage(
+            ids=[int(m) for m in members], truncated=size - 1 >= self.max_entries
+        )
+
+    async def timeline_page(
+        self, user_id: int, *, before: int | None, after: int | None, count: int
+    ) -> TimelinePage | None:
+        """Newest-first ids of the home timeline inside the window; None when the timeline is
+        missing and must be rebuilt."""
+        return await self._page(self._keys.timeline(user_id), before, after, count)
+
+    async def author_pages(
+        self, author_ids: Sequence[int], *, before: int | None, after: int | None, count: int
+    ) -> dict[int, TimelinePage | None]:
+        upper, lower = lex_range(before, after)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author_id in author_ids:
+                key = self._keys.author_tweets(author_id)
+                pipe.zscore(key, SENTINEL)
+                pipe.zrevrangebylex(key, upper, lower, start=0, num=count)
+                pipe.zcard(key)
+            replies = await pipe.execute()
+        pages: dict[int, TimelinePage | None] = {}
+        for index, author_id in enumerate(author_ids):
+            complete, members, size = replies[index * 3 : index * 3 + 3]
+            pages[author_id] = (
+                None
+                if complete is None
+                else TimelinePage([int(m) for m in members], size - 1 >= self.max_entries)
+            )
+        return pages
+
+    async def populate_timeline(self, user_id: int, tweet_ids: Iterable[int]) -> None:
+        """Merges the ids into the timeline and marks it complete. Existing entries are kept
+        rather than replaced: a push that raced this rebuild must not be wiped out, and stale
+        entries are filtered at read time anyway."""
+        await self._populate(self._keys.timeline(user_id), tweet_ids)
+
+    async def populate_author(self, author_id: int, tweet_ids: Iterable[int]) -> None:
+        await self._populate(self._keys.author_tweets(author_id), tweet_ids)
+
+    async def _populate(self, key: str, tweet_ids: Iterable[int]) -> None:
+        mapping = {encode_member(t): 0 for t in tweet_ids}
+        mapping[SENTINEL] = 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, mapping)
+            pipe.zremrangebyrank(key, 1, -(self.max_entries + 1))
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def keep_alive(self, user_id: int) -> None:
+        await self._redis.expire(self._keys.timeline(user_id), self._ttl)
+
+    async def push_to_timelines(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
+        """One pipeline for a chunk of followers: add, then trim to the cap (rank 0 is the
+        sentinel, so trimming starts at rank 1)."""
+        members = {encode_member(t): 0 for t in tweet_ids}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                key = self._keys.timeline(user_id)
+                pipe.zadd(key, members)
+                pipe.zremrangebyrank(key, 1, -(self.max_entries + 1))
+            await pipe.execute()
+
+    async def unpush_from_timelines(
+        self, user_ids: Sequence[int], tweet_ids: Sequence[int]
+    ) -> None:
+        if not tweet_ids:
+            return
+        members = [encode_member(t) for t in tweet_ids]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.zrem(self._keys.timeline(user_id), *members)
+            await pipe.execute()
+
+    async def push_to_author(self, author_id: int, tweet_id: int) -> None:
+        await self._push_if_complete(
+            keys=[self._keys.author_tweets(author_id)],
+            args=[encode_member(tweet_id), SENTINEL, self.max_entries],
+        )
+
+    async def unpush_from_author(self, author_id: int, tweet_id: int) -> None:
+        await self._redis.zrem(self._keys.author_tweets(author_id), encode_member(tweet_id))
+
+    async def drop_timeline(self, user_id: int) -> None:
+        await self._redis.delete(self._keys.timeline(user_id))
+
+
+T = TypeVar("T")
+
+
+class RedisObjectCache(Generic[T]):
+    """A msgspec-encoded object per key, read in one MGET and written in one pipeline."""
+
+    def __init__(
+        self, client: aioredis.Redis, key: Callable[[int], str], type_: type[T], *, ttl: int
+    ) -> None:
+        self._redis = client
+        self._key = key
+        self._decoder = msgspec.msgpack.Decoder(type_)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._ttl = ttl
+
+    async def get_many(self, ids: Sequence[int]) -> dict[int, T]:
+        if not ids:
+            return {}
+        values = await self._redis.mget([self._key(i) for i in ids])
+        return {i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+    async def put_many(self, objects: dict[int, T]) -> None:
+        if not objects:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for object_id, value in objects.items():
+                pipe.set(self._key(object_id), self._encoder.encode(value), ex=self._ttl)
+            await pipe.execute()
+
+    async def invalidate(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._redis.delete(*[self._key(i) for i in ids])
+
+
+def tweet_cache(client: aioredis.Redis, keys: RedisKeys, ttl: int) -> RedisObjectCache[Tweet]:
+    return RedisObjectCache(client, keys.tweet, Tweet, ttl=ttl)
+
+
+def author_cache(client: aioredis.Redis, keys: RedisKeys, ttl: int) -> RedisObjectCache[Author]:
+    return RedisObjectCache(client, keys.author, Author, ttl=ttl)
+
+
+class RateLimitDecision(msgspec.Struct, frozen=True):
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window resets
+
+
+class RedisRateLimiter:
+    """Fixed-window counters in Redis, shared by every app process. When Redis is down the
+    limits are kept per process in memory instead: looser, but never off."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self._redis = client
+        self._keys = keys
+        self._local: dict[str, tuple[int, int]] = {}
+
+    async def hit(self, name: str, subject: str, *, limit: int, window: int) -> RateLimitDecision:
+        now = int(time.time())
+        window_start = now - now % window
+        reset = window_start + window - now
+        key = self._keys.rate(name, subject, window_start)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, window + 1)
+                count, _ = await pipe.execute()
+        except REDIS_ERRORS:
+            count = self._hit_locally(key, window_start)
+        return RateLimitDecision(
+            allowed=count <= limit, limit=limit, remaining=max(0, limit - count), reset=reset
+        )
+
+    def _hit_locally(self, key: str, window_start: int) -> int:
+        if len(self._local) > 100_000:
+            self._local = {k: v for k, v in self._local.items() if v[1] >= window_start}
+        count = self._local.get(key, (0, window_start))[0] + 1
+        self._local[key] = (count, window_start)
+        return count
+
+
+class RedisBreaker:
+    """After a Redis failure, skip Redis for a moment and go straight to Postgres, so an
+    outage costs one failed call per interval instead of one per request."""
+
+    def __init__(self, cooldown: float = 1.0) -> None:
+        self._cooldown = cooldown
+        self._open_until = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return time.monotonic() >= self._open_until
+
+    def trip(self) -> None:
+        self._open_until = time.monotonic() + self._cooldown

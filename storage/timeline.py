@@ -1,0 +1,171 @@
+"""The home timeline read path (DESIGN.md "Read path") and the operations that keep the
+Redis copy in step: populate (rebuild), merge and unmerge on follow changes.
+
+Read: the precomputed timeline from Redis, merged with the recent tweets of followed
+celebrities (never fanned out), hydrated, filtered. A missing timeline is rebuilt from Postgres;
+a page reaching past what Redis keeps, or Redis being down, is answered from Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from domain.model import TweetView
+from domain.timeline import merge_newest_first, page_cursor, visible_authors
+from storage.hydrate import TweetReader
+from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisTimelineStore, TimelinePage
+from storage.repositories import FollowRepository, TweetRepository
+
+NO_UPPER_BOUND = 2**63 - 1
+
+
+class HomePage(msgspec.Struct, frozen=True):
+    items: list[TweetView]
+    next_cursor: int | None
+    # Where the page came from: "redis", "rebuilt" or "postgres" (metrics and tests).
+    source: str
+
+
+class HomeTimeline:
+    def __init__(
+        self,
+        store: RedisTimelineStore,
+        tweets: TweetRepository,
+        follows: FollowRepository,
+        reader: TweetReader,
+        breaker: RedisBreaker,
+        *,
+        merge_backfill: int = 200,
+    ) -> None:
+        self._store = store
+        self._tweets = tweets
+        self._follows = follows
+        self._reader = reader
+        self._breaker = breaker
+        self.max_entries = store.max_entries
+        self.merge_backfill = merge_backfill
+
+    async def read(
+        self, user_id: int, *, before: int | None = None, after: int | None = None, limit: int = 20
+    ) -> HomePage:
+        normal, celebrities = await self._follows.followees(user_id)
+        authors = visible_authors(user_id, [*normal, *celebrities])
+        want = limit + 1
+        source = "postgres"
+        ids: list[int] | None = None
+        if self._breaker.closed:
+            try:
+                ids, source = await self._candidates_from_redis(
+                    user_id, normal, celebrities, before, after, want
+                )
+            except REDIS_ERRORS:
+                self._breaker.trip()
+        if ids is None:
+            ids = await self._tweets.ids_by_authors(
+                list(authors), before=before, after=after, limit=want
+            )
+        views = await self._reader.views(user_id, ids, visible_authors=authors)
+        if len(views) < len(ids) and len(ids) == want:
+            # Redis held stale entries (deleted tweets, a push that raced an unfollow) that
+            # the filter dropped: fill the page from Postgres, which holds none.
+            more = await self._tweets.ids_by_authors(
+                list(authors), before=ids[-1], after=after, limit=want - len(views)
+            )
+            views += await self._reader.views(user_id, more, visible_authors=authors)
+        page = views[:limit]
+        return HomePage(
+            items=page,
+            next_cursor=page_cursor([v.tweet.id for v in page], limit, len(views) > limit),
+            source=source,
+        )
+
+    async def _candidates_from_redis(
+        self,
+        user_id: int,
+        normal: Sequence[int],
+        celebrities: Sequence[int],
+        before: int | None,
+        after: int | None,
+        want: int,
+    ) -> tuple[list[int], str]:
+        source = "redis"
+        home = await self._store.timeline_page(user_id, before=before, after=after, count=want)
+        if home is None:
+            await self.populate(user_id, normal)
+            source = "rebuilt"
+            home = await self._store.timeline_page(
+                user_id, before=before, after=after, count=want
+            )
+            if home is None:  # expired between the two calls; serve this page from Postgres
+                raise ConnectionError("timeline vanished during rebuild")
+        pages: list[TimelinePage] = [home]
+        if celebrities:
+            by_author = await self._store.author_pages(
+                celebrities, before=before, after=after, count=want
+            )
+            for author_id, page in by_author.items():
+                if page is None:
+                    page = await self._load_author(author_id, before, after, want)
+                pages.append(page)
+        merged = merge_newest_first(*(p.ids for p in pages))
+        # A source trimmed to its cap that ran out inside this window knows nothing older than
+        # its last entry: below that floor the page must come from Postgres.
+        floors = [
+            p.ids[-1] if p.ids else (before or NO_UPPER_BOUND)
+            for p in pages
+            if p.truncated and len(p.ids) < want
+        ]
+        if floors:
+            floor = max(floors)
+            merged = [i for i in merged if i >= floor]
+            if len(merged) < want:
+                older = await self._tweets.ids_by_authors(
+                    [user_id, *normal, *celebrities],
+                    before=merged[-1] if merged else floor,
+                    after=after,
+                    limit=want - len(merged),
+                )
+                merged = merge_newest_first(merged, older)
+                source = "redis+postgres"
+        return merged[:want], source
+
+    async def _load_author(
+        self, author_id: int, before: int | None, after: int | None, want: int
+    ) -> TimelinePage:
+        recent = await self._tweets.ids_by_authors(
+            [author_id], before=None, after=None, limit=self.max_entries
+        )
+        await self._store.populate_author(author_id, recent)
+        window = [
+            i
+            for i in recent
+            if (before is None or i < before) and (after is None or i > after)
+        ]
+        return TimelinePage(ids=window[:want], truncated=len(recent) >= self.max_entries)
+
+    async def populate(self, user_id: int, normal_followees: Sequence[int] | None = None) -> int:
+        """Rebuilds the Redis timeline from Postgres: the user's own tweets and those of the
+        normal authors they follow (celebrities are merged at read time)."""
+        if normal_followees is None:
+            normal_followees, _ = await self._follows.followees(user_id)
+        ids = await self._tweets.ids_by_authors(
+            [user_id, *normal_followees], before=None, after=None, limit=self.max_entries
+        )
+        await self._store.populate_timeline(user_id, ids)
+        return len(ids)
+
+    async def merge_into_timeline(self, user_id: int, author_id: int) -> None:
+        """After a follow: the followee's recent tweets join the follower's timeline."""
+        recent = await self._tweets.ids_by_authors(
+            [author_id], before=None, after=None, limit=self.merge_backfill
+        )
+        if recent:
+            await self._store.push_to_timelines([user_id], recent)
+
+    async def unmerge_from_timeline(self, user_id: int, author_id: int) -> None:
+        """After an unfollow: the former followee's tweets leave the follower's timeline."""
+        recent = await self._tweets.ids_by_authors(
+            [author_id], before=None, after=None, limit=self.max_entries
+        )
+        await self._store.unpush_from_timelines([user_id], recent)

@@ -1,0 +1,275 @@
+"""The JSON API, version 1 (../shared/API.md). Controllers parse, call `Chirp`, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import Parameter
+
+from domain.errors import InvalidInput, NotFound
+from domain.ids import parse_id
+from web.errors import rate_limit_headers
+from web.schemas import (
+    FollowingOut,
+    LikeOut,
+    SessionOut,
+    SignInIn,
+    SignUpIn,
+    TweetIn,
+    TweetListOut,
+    TweetOut,
+    UserListOut,
+    UserOut,
+    cursor_out,
+    tweet_out,
+    user_out,
+)
+from web.services import Chirp, Principal
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+LimitParam = Annotated[
+    str | None, Parameter(query="limit", description="1 to 100, default 20", required=False)
+]
+CursorParam = Annotated[
+    str | None, Parameter(query="cursor", description="next_cursor of the previous page", required=False)
+]
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.strip().lstrip("-").isdigit():
+        raise InvalidInput("limit must be a whole number from 1 to 100")
+    value = int(raw)
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidInput("limit must be from 1 to 100")
+    return value
+
+
+def parse_cursor(raw: str | None, name: str = "cursor") -> int | None:
+    if raw is None or raw == "":
+        return None
+    value = parse_id(raw)
+    if value is None:
+        raise InvalidInput(f"{name} is not valid")
+    return value
+
+
+def parse_tweet_id(raw: str) -> int:
+    value = parse_id(raw)
+    if value is None:
+        raise NotFound("tweet not found")
+    return value
+
+
+def client_address(request: Request[object, object, object]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class AccountController(Controller):
+    path = "/api/v1"
+    tags = ["accounts"]
+
+    @post("/accounts", status_code=201)
+    async def sign_up(
+        self, data: SignUpIn, chirp: Chirp, request: Request[object, object, object]
+    ) -> SessionOut:
+        user, token = await chirp.sign_up(
+            data.username, data.password, data.display_name, client_address(request)
+        )
+        return SessionOut(user=user_out(user), token=token)
+
+    @post("/sessions", status_code=200)
+    async def sign_in(
+        self, data: SignInIn, chirp: Chirp, request: Request[object, object, object]
+    ) -> SessionOut:
+        user, token = await chirp.sign_in(data.username, data.password, client_address(request))
+        return SessionOut(user=user_out(user), token=token)
+
+    @delete("/sessions/current", status_code=204)
+    async def sign_out(self, principal: Principal, chirp: Chirp) -> None:
+        await chirp.sign_out(principal)
+
+    @get("/me")
+    async def me(self, principal: Principal, chirp: Chirp) -> UserOut:
+        return user_out(await chirp.user(principal.user.username))
+
+
+class UserController(Controller):
+    path = "/api/v1/users/{username:str}"
+    tags = ["users"]
+
+    @get("/")
+    async def profile(self, username: str, chirp: Chirp, viewer: Principal | None) -> UserOut:
+        user = await chirp.user(username)
+        return user_out(user, await chirp.is_following(viewer, user))
+
+    @post("/follow", status_code=200)
+    async def follow(self, username: str, principal: Principal, chirp: Chirp) -> FollowingOut:
+        await chirp.follow(principal, username)
+        return FollowingOut(following=True)
+
+    @delete("/follow", status_code=200)
+    async def unfollow(self, username: str, principal: Principal, chirp: Chirp) -> FollowingOut:
+        await chirp.unfollow(principal, username)
+        return FollowingOut(following=False)
+
+    @get("/followers")
+    async def followers(
+        self,
+        username: str,
+        chirp: Chirp,
+        viewer: Principal | None,
+        limit: LimitParam = None,
+        cursor: CursorParam = None,
+    ) -> UserListOut:
+        return await self._list(chirp, viewer, username, True, limit, cursor)
+
+    @get("/following")
+    async def following(
+        self,
+        username: str,
+        chirp: Chirp,
+        viewer: Principal | None,
+        limit: LimitParam = None,
+        cursor: CursorParam = None,
+    ) -> UserListOut:
+        return await self._list(chirp, viewer, username, False, limit, cursor)
+
+    async def _list(
+        self,
+        chirp: Chirp,
+        viewer: Principal | None,
+        username: str,
+        followers: bool,
+        limit: str | None,
+        cursor: str | None,
+    ) -> UserListOut:
+        page = await chirp.follow_list(
+            viewer,
+            username,
+            followers=followers,
+            before=parse_cursor(cursor),
+            limit=parse_limit(limit),
+        )
+        return UserListOut(
+            users=[user_out(u, f) for u, f in page.users], next_cursor=cursor_out(page.next_cursor)
+        )
+
+    @get("/tweets")
+    async def tweets(
+        self,
+        username: str,
+        chirp: Chirp,
+        viewer: Principal | None,
+        limit: LimitParam = None,
+        cursor: CursorParam = None,
+    ) -> TweetListOut:
+        page = await chirp.user_tweets(
+            viewer, username, before=parse_cursor(cursor), limit=parse_limit(limit)
+        )
+        return TweetListOut(
+            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+        )
+
+
+class TweetController(Controller):
+    path = "/api/v1/tweets"
+    tags = ["tweets"]
+
+    @post("/", status_code=201)
+    async def post_tweet(
+        self,
+        data: TweetIn,
+        principal: Principal,
+        chirp: Chirp,
+        idempotency_key: Annotated[
+            str | None, Parameter(header="Idempotency-Key", required=False)
+        ] = None,
+    ) -> Response[TweetOut]:
+        reply_to = None
+        if data.reply_to is not None:
+            reply_to = parse_id(data.reply_to)
+            if reply_to is None:
+                raise InvalidInput("reply_to is not an existing tweet")
+        media_ids: list[int] = []
+        for raw in data.media_ids or []:
+            media_id = parse_id(raw)
+            if media_id is None:
+                raise InvalidInput("media_ids holds an unknown media id")
+            media_ids.append(media_id)
+        view, decision = await chirp.post_tweet(
+            principal,
+            data.text,
+            reply_to=reply_to,
+            media_ids=media_ids,
+            idempotency_key=idempotency_key,
+        )
+        return Response(
+            tweet_out(view),
+            status_code=201,
+            headers=rate_limit_headers(decision.limit, decision.remaining, decision.reset),
+        )
+
+    @get("/{tweet_id:str}")
+    async def get_tweet(self, tweet_id: str, chirp: Chirp, viewer: Principal | None) -> TweetOut:
+        return tweet_out(await chirp.tweet(viewer, parse_tweet_id(tweet_id)))
+
+    @delete("/{tweet_id:str}", status_code=204)
+    async def delete_tweet(self, tweet_id: str, principal: Principal, chirp: Chirp) -> None:
+        await chirp.delete_tweet(principal, parse_tweet_id(tweet_id))
+
+    @get("/{tweet_id:str}/replies")
+    async def replies(
+        self,
+        tweet_id: str,
+        chirp: Chirp,
+        viewer: Principal | None,
+        limit: LimitParam = None,
+        cursor: CursorParam = None,
+    ) -> TweetListOut:
+        page = await chirp.replies(
+            viewer, parse_tweet_id(tweet_id), after=parse_cursor(cursor), limit=parse_limit(limit)
+        )
+        return TweetListOut(
+            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+        )
+
+    @post("/{tweet_id:str}/like", status_code=200)
+    async def like(self, tweet_id: str, principal: Principal, chirp: Chirp) -> LikeOut:
+        count = await chirp.like(principal, parse_tweet_id(tweet_id), liked=True)
+        return LikeOut(liked=True, like_count=count)
+
+    @delete("/{tweet_id:str}/like", status_code=200)
+    async def unlike(self, tweet_id: str, principal: Principal, chirp: Chirp) -> LikeOut:
+        count = await chirp.like(principal, parse_tweet_id(tweet_id), liked=False)
+        return LikeOut(liked=False, like_count=count)
+
+
+class TimelineController(Controller):
+    path = "/api/v1/timeline"
+    tags = ["timeline"]
+
+    @get("/")
+    async def home(
+        self,
+        principal: Principal,
+        chirp: Chirp,
+        limit: LimitParam = None,
+        cursor: CursorParam = None,
+        since_id: Annotated[
+            str | None, Parameter(query="since_id", description="only tweets newer than this", required=False)
+        ] = None,
+    ) -> TweetListOut:
+        page = await chirp.home(
+            principal,
+            before=parse_cursor(cursor),
+            after=parse_cursor(since_id, "since_id"),
+            limit=parse_limit(limit),
+        )
+        return TweetListOut(
+            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+        )

@@ -1,0 +1,154 @@
+"""`create_app()`: the Litestar application, built from settings. Nothing connects until the
+app starts (its lifespan), so importing this module is free of I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Response
+
+from domain.errors import DomainError
+from web.api import AccountController, TimelineController, TweetController, UserController
+from web.container import Services, build_services, start_services, stop_services
+from web.errors import handle_domain_error, handle_http_error, handle_unexpected
+from web.services import Chirp, Principal
+from web.settings import Settings
+
+log = logging.getLogger("chirp.web")
+
+SESSION_COOKIE = "chirp_session"
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Keeps a background loop alive: a crash is logged and the loop restarted, instead of
+    the task dying silently and being noticed only at shutdown."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting", extra={"task": name})
+            await asyncio.sleep(1.0)
+
+
+async def provide_chirp(state: State) -> Chirp:
+    chirp: Chirp = state.chirp
+    return chirp
+
+
+def credentials(request: Request[object, object, object]) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return request.cookies.get(SESSION_COOKIE)
+
+
+async def provide_viewer(request: Request[object, object, object], chirp: Chirp) -> Principal | None:
+    token = credentials(request)
+    if token is None:
+        return None
+    return await chirp.authenticate(token)
+
+
+async def provide_principal(viewer: Principal | None) -> Principal:
+    if viewer is None:
+        raise NotAuthorizedException("authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return viewer
+
+
+@get("/health", tags=["operations"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["operations"])
+async def ready(state: State) -> Response[dict[str, str]]:
+    services: Services = state.services
+    report: dict[str, str] = {}
+    report["postgres"] = "ok" if await services.db.ping() else "down"
+    try:
+        await asyncio.wait_for(services.redis.ping(), 1.0)
+        report["redis"] = "ok"
+    except Exception:
+        report["redis"] = "down"
+    report["nats"] = "ok" if services.link.connected else "down"
+    # Only Postgres is indispensable: without Redis or NATS Chirp still serves, degraded.
+    status = 503 if report["postgres"] != "ok" else 200
+    return Response(report, status_code=status)
+
+
+def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = build_services(settings, process_name="chirp-web")
+        await start_services(services)
+        app.state.services = services
+        app.state.chirp = Chirp(services)
+        tasks: list[asyncio.Task[None]] = []
+        if run_relay:
+            tasks.append(
+                asyncio.create_task(supervise("relay-publisher", services.relay.run_publisher))
+            )
+            tasks.append(
+                asyncio.create_task(supervise("relay-sweeper", services.relay.run_sweeper))
+            )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_services(services)
+
+    return Litestar(
+        route_handlers=[
+            health,
+            ready,
+            AccountController,
+            UserController,
+            TweetController,
+            TimelineController,
+        ],
+        lifespan=[lifespan],
+        dependencies={
+            "chirp": Provide(provide_chirp),
+            "viewer": Provide(provide_viewer),
+            "principal": Provide(provide_principal),
+        },
+        exception_handlers={
+            DomainError: handle_domain_error,
+            HTTPException: handle_http_error,
+            Exception: handle_unexpected,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Chirp API",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[RedocRenderPlugin(js_url="/static/vendor/redoc.standalone.js")],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer"),
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,141 @@
+"""The `chirp` command line (listed in the README's operator table)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import click
+
+from web.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group()
+def main() -> None:
+    """Chirp: a Twitter-like service."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database if needed and apply migrations."""
+    from launcher.services import ensure_database
+    from storage.postgres import migrate as run_migrations
+
+    settings = _settings()
+    asyncio.run(ensure_database(settings.database_url))
+    asyncio.run(run_migrations(settings.database_url))
+    click.echo("migrations applied")
+
+
+@main.command()
+@click.option("--workers", type=int, default=None, help="web processes (default CHIRP_WEB_PROCESSES)")
+def serve(workers: int | None) -> None:
+    """Run the web app (API, pages, WebSockets)."""
+    import uvicorn
+
+    from web.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings)
+    uvicorn.run(
+        "web.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers or settings.web_processes,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+    )
+
+
+@main.group()
+def worker() -> None:
+    """Run a background worker."""
+
+
+@worker.command("fanout")
+def worker_fanout() -> None:
+    """Push new tweets into followers' home timelines."""
+    _run_worker("fanout")
+
+
+def _run_worker(name: str) -> None:
+    import uvloop
+
+    from web.logs import configure_logging
+    from web.workers import run_worker
+
+    settings = _settings()
+    configure_logging(settings)
+    uvloop.run(run_worker(settings, name))
+
+
+@main.group()
+def timeline() -> None:
+    """Home timeline maintenance."""
+
+
+@timeline.command("rebuild")
+@click.argument("username", required=False)
+@click.option("--all", "all_users", is_flag=True, help="rebuild every user's timeline")
+def timeline_rebuild(username: str | None, all_users: bool) -> None:
+    """Rebuild USERNAME's (or --all) home timeline in Redis from Postgres."""
+    if bool(username) == all_users:
+        raise click.UsageError("give a USERNAME or --all")
+    from web.maintenance import rebuild_timelines
+
+    count = asyncio.run(rebuild_timelines(_settings(), username))
+    click.echo(f"rebuilt {count} timeline(s)")
+
+
+@main.command()
+def up() -> None:
+    """Start everything on this machine: services (reused or embedded), migrations, web app,
+    workers. Ctrl-C stops what it started."""
+    from pathlib import Path
+
+    from launcher.services import MissingService, ServiceUrls, ensure_database, ensure_services
+    from launcher.supervisor import run_processes
+    from storage.postgres import migrate as run_migrations
+
+    settings = _settings()
+    urls = ServiceUrls(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        nats_url=settings.nats_url,
+        typesense_url=settings.typesense_url,
+        typesense_api_key=settings.typesense_api_key,
+    )
+    try:
+        stack = ensure_services(urls, Path(settings.var_dir))
+    except MissingService as missing:
+        raise click.ClickException(str(missing)) from None
+    try:
+        asyncio.run(ensure_database(settings.database_url))
+        asyncio.run(run_migrations(settings.database_url, quiet=True))
+        me = [sys.executable, "-m", "web.cli"]
+        env = dict(os.environ)
+        commands = [
+            ("web", [*me, "serve"]),
+            ("fanout", [*me, "worker", "fanout"]),
+        ]
+
+        def announce() -> None:
+            click.echo(f"\n  Chirp is running at {settings.url}\n  Ctrl-C stops it.\n")
+
+        code = run_processes(commands, env=env, on_ready=announce)
+    finally:
+        stack.stop()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The composition root: the one place that knows which adapter serves which port. The web
+app, the workers and the CLI all get their services from `provide_services`, so a worker
+sees exactly what the web app sees."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from domain.ids import IdGenerator
+from realtime.jetstream import JetStreamPublisher, NatsLink, StreamNames, ensure_streams
+from realtime.relay import OutboxRelay
+from storage.hydrate import TweetReader
+from storage.postgres import Database
+from storage.redis_store import (
+    RedisBreaker,
+    RedisKeys,
+    RedisRateLimiter,
+    RedisTimelineStore,
+    author_cache,
+    connect_redis,
+    tweet_cache,
+)
+from storage.repositories import (
+    FollowRepository,
+    OutboxRepository,
+    TokenRepository,
+    TweetRepository,
+    UserRepository,
+)
+from storage.timeline import HomeTimeline
+from web.settings import Settings
+
+log = logging.getLogger("chirp")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    redis: aioredis.Redis
+    keys: RedisKeys
+    breaker: RedisBreaker
+    link: NatsLink
+    names: StreamNames
+    ids: IdGenerator
+    users: UserRepository
+    tokens: TokenRepository
+    tweets: TweetRepository
+    follows: FollowRepository
+    outbox: OutboxRepository
+    store: RedisTimelineStore
+    reader: TweetReader
+    timelines: HomeTimeline
+    publisher: JetStreamPublisher
+    relay: OutboxRelay
+    rate_limiter: RedisRateLimiter
+
+
+def build_services(settings: Settings, *, process_name: str) -> Services:
+    """Wires every adapter without connecting anything."""
+    db = Database(settings.database_url, max_size=settings.db_pool_size)
+    redis = connect_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix)
+    breaker = RedisBreaker()
+    link = NatsLink(settings.nats_url, name=process_name)
+    names = StreamNames(settings.stream, settings.subject_prefix)
+    users = UserRepository(db)
+    tweets = TweetRepository(db)
+    follows = FollowRepository(
+        db,
+        celebrity_threshold=settings.celebrity_threshold,
+        hysteresis=settings.celebrity_hysteresis,
+    )
+    outbox = OutboxRepository(db)
+    store = RedisTimelineStore(
+        redis, keys, max_entries=settings.timeline_max, ttl=settings.active_days * 86_400
+    )
+    reader = TweetReader(
+        tweets,
+        users,
+        tweet_cache(redis, keys, settings.tweet_cache_ttl),
+        author_cache(redis, keys, settings.tweet_cache_ttl),
+        breaker,
+    )
+    publisher = JetStreamPublisher(link, names)
+    return Services(
+        settings=settings,
+        db=db,
+        redis=redis,
+        keys=keys,
+        breaker=breaker,
+        link=link,
+        names=names,
+        ids=IdGenerator(settings.worker_id),
+        users=users,
+        tokens=TokenRepository(db),
+        tweets=tweets,
+        follows=follows,
+        outbox=outbox,
+        store=store,
+        reader=reader,
+        timelines=HomeTimeline(store, tweets, follows, reader, breaker),
+        publisher=publisher,
+        relay=OutboxRelay(link, publisher, db, outbox),
+        rate_limiter=RedisRateLimiter(redis, keys),
+    )
+
+
+async def start_services(services: Services, *, wait_for_nats: bool = False) -> None:
+    await services.db.start()
+
+    async def prepare_streams() -> None:
+        await ensure_streams(
+            services.link,
+            services.names,
+            duplicate_window=services.settings.duplicate_window_seconds,
+        )
+
+    services.link.on_connect = prepare_streams
+    await services.link.start(wait=wait_for_nats)
+
+
+async def stop_services(services: Services) -> None:
+    await services.link.stop()
+    await services.redis.aclose()
+    await services.db.stop()
+
+
+@contextlib.asynccontextmanager
+async def provide_services(
+    settings: Settings, *, process_name: str, wait_for_nats: bool = False
+) -> AsyncIterator[Services]:
+    services = build_services(settings, process_name=process_name)
+    await start_services(services, wait_for_nats=wait_for_nats)
+    try:
+        yield services
+    finally:
+        await stop_services(services)

@@ -1,0 +1,282 @@
+"""Application services: the use cases behind the API and the pages. Controllers parse and
+render; these decide, call the repositories and the stores, and hand events to the relay.
+
+Redis work on the request path is best effort: Postgres has already committed, the events
+will reach the workers through the outbox, and the read path tolerates a stale Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from domain.errors import InvalidInput, NotFound, RateLimited, Unauthorized
+from domain.events import Event, TweetDeleted, TweetPosted
+from domain.model import Tweet, TweetView, User
+from domain.rules import (
+    ensure_not_self_follow,
+    normalize_display_name,
+    normalize_tweet_text,
+    validate_idempotency_key,
+    validate_password,
+    validate_username,
+)
+from domain.timeline import page_cursor
+from storage.redis_store import REDIS_ERRORS, RateLimitDecision
+from storage.timeline import HomePage
+from web.container import Services
+from web.security import hash_password, hash_token, needs_rehash, new_token, verify_password
+
+log = logging.getLogger("chirp.services")
+
+SESSION_LIFETIME = timedelta(days=30)
+LAST_SEEN_RESOLUTION = timedelta(hours=1)
+
+
+class Principal(msgspec.Struct, frozen=True):
+    user: User
+    last_seen_at: datetime
+    token_hash: bytes
+
+
+class UserPage(msgspec.Struct, frozen=True):
+    users: list[tuple[User, bool]]  # (user, whether the viewer follows them)
+    next_cursor: int | None
+
+
+class TweetPage(msgspec.Struct, frozen=True):
+    items: list[TweetView]
+    next_cursor: int | None
+
+
+class Chirp:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # -- best effort on derived stores -------------------------------------------------
+
+    async def _best_effort(self, operation: Awaitable[object]) -> None:
+        if not self.s.breaker.closed:
+            operation.close()  # type: ignore[attr-defined]
+            return
+        try:
+            await operation
+        except REDIS_ERRORS:
+            self.s.breaker.trip()
+
+    def _publish(self, events: list[Event]) -> None:
+        self.s.relay.publish_soon(events)
+
+    async def _limit(self, name: str, subject: str, *, limit: int, window: int) -> RateLimitDecision:
+        decision = await self.s.rate_limiter.hit(name, subject, limit=limit, window=window)
+        if not decision.allowed:
+            raise RateLimited(f"rate limit exceeded: {limit} per {window} seconds", decision.reset)
+        return decision
+
+    # -- accounts ----------------------------------------------------------------------
+
+    async def sign_up(
+        self, username: str, password: str, display_name: str | None, client: str
+    ) -> tuple[User, str]:
+        validate_username(username)
+        validate_password(password)
+        name = normalize_display_name(display_name, username)
+        await self._limit("signup", client, limit=self.s.settings.sign_ups_per_hour, window=3600)
+        user = await self.s.users.create(
+            self.s.ids.next_id(), username, name, await hash_password(password)
+        )
+        return user, await self.issue_token(user.id, "api")
+
+    async def sign_in(self, username: str, password: str, client: str) -> tuple[User, str]:
+        limit = self.s.settings.sign_in_attempts_per_minute
+        await self._limit("signin-user", username.lower()[:64], limit=limit, window=60)
+        await self._limit("signin-addr", client, limit=limit * 3, window=60)
+        found = await self.s.users.credentials(username)
+        if not await verify_password(found[1] if found else None, password) or found is None:
+            raise Unauthorized("wrong username or password")
+        user, stored_hash = found
+        if needs_rehash(stored_hash):
+            await self.s.users.set_password_hash(user.id, await hash_password(password))
+        return user, await self.issue_token(user.id, "api")
+
+    async def issue_token(self, user_id: int, kind: str) -> str:
+        token = new_token()
+        expires = datetime.now(UTC) + SESSION_LIFETIME if kind == "session" else None
+        await self.s.tokens.insert(hash_token(token), user_id, kind, expires)
+        return token
+
+    async def authenticate(self, token: str) -> Principal | None:
+        if not token or len(token) > 128:
+            return None
+        token_hash = hash_token(token)
+        found = await self.s.tokens.resolve(token_hash)
+        if found is None:
+            return None
+        return Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
+
+    async def sign_out(self, principal: Principal) -> None:
+        await self.s.tokens.revoke(principal.token_hash)
+
+    # -- users and the follow graph --------------------------------------------------------
+
+    async def user(self, username: str) -> User:
+        user = await self.s.users.get_by_username(username)
+        if user is None:
+            raise NotFound("user not found")
+        return user
+
+    async def is_following(self, viewer: Principal | None, user: User) -> bool:
+        if viewer is None or viewer.user.id == user.id:
+            return False
+        return await self.s.follows.is_following(viewer.user.id, user.id)
+
+    async def follow(self, principal: Principal, username: str) -> None:
+        followee = await self.user(username)
+        ensure_not_self_follow(principal.user.id, followee.id)
+        events = await self.s.follows.follow(
+            principal.user.id, followee.id, self.s.ids.next_id(), self._event_ids(2)
+        )
+        if events:
+            if not followee.is_celebrity:
+                # So the followee's tweets are there on the very next read; the worker
+                # repeats this from the event (idempotently) in case Redis was down now.
+                await self._best_effort(
+                    self.s.timelines.merge_into_timeline(principal.user.id, followee.id)
+                )
+            self._publish(events)
+
+    async def unfollow(self, principal: Principal, username: str) -> None:
+        followee = await self.user(username)
+        events = await self.s.follows.unfollow(
+            principal.user.id, followee.id, self._event_ids(2)
+        )
+        if events:
+            await self._best_effort(
+                self.s.timelines.unmerge_from_timeline(principal.user.id, followee.id)
+            )
+            self._publish(events)
+
+    def _event_ids(self, count: int) -> list[int]:
+        return [self.s.ids.next_id() for _ in range(count)]
+
+    async def follow_list(
+        self,
+        viewer: Principal | None,
+        username: str,
+        *,
+        followers: bool,
+        before: int | None,
+        limit: int,
+    ) -> UserPage:
+        user = await self.user(username)
+        rows = await self.s.follows.page(user.id, followers=followers, before=before, limit=limit + 1)
+        page = rows[:limit]
+        users = [u for _, u in page]
+        followed: set[int] = set()
+        if viewer is not None and users:
+            followed = await self.s.follows.following_among(viewer.user.id, [u.id for u in users])
+        return UserPage(
+            users=[(u, u.id in followed) for u in users],
+            next_cursor=page_cursor([f for f, _ in page], limit, len(rows) > limit),
+        )
+
+    # -- tweets ----------------------------------------------------------------------------
+
+    async def post_tweet(
+        self,
+        principal: Principal,
+        text: str,
+        *,
+        reply_to: int | None = None,
+        media_ids: list[int] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[TweetView, RateLimitDecision]:
+        author = principal.user
+        clean_text = normalize_tweet_text(text)
+        key = validate_idempotency_key(idempotency_key)
+        if media_ids:
+            raise InvalidInput("media are not supported yet")
+        decision = await self._limit(
+            "tweets", str(author.id), limit=self.s.settings.tweets_per_hour, window=3600
+        )
+        tweet = Tweet(
+            id=self.s.ids.next_id(),
+            author_id=author.id,
+            text=clean_text,
+            created_at=datetime.now(UTC),
+            reply_to=reply_to,
+        )
+        event = TweetPosted(
+            event_id=self.s.ids.next_id(), tweet_id=tweet.id, author_id=author.id, reply_to=reply_to
+        )
+        stored, created = await self.s.tweets.post(tweet, event, key)
+        if created:
+            # Read-your-writes: the author sees the tweet on the next read, before fanout.
+            await self._best_effort(self.s.store.push_to_timelines([author.id], [tweet.id]))
+            await self._best_effort(self.s.store.push_to_author(author.id, tweet.id))
+            if reply_to is not None:
+                await self.s.reader.forget_tweets([reply_to])
+            self._publish([event])
+        return TweetView(tweet=stored, author=author.as_author()), decision
+
+    async def tweet(self, viewer: Principal | None, tweet_id: int) -> TweetView:
+        views = await self.s.reader.views(viewer.user.id if viewer else None, [tweet_id])
+        if not views:
+            raise NotFound("tweet not found")
+        return views[0]
+
+    async def delete_tweet(self, principal: Principal, tweet_id: int) -> None:
+        event: TweetDeleted = await self.s.tweets.delete(
+            tweet_id, principal.user.id, self.s.ids.next_id()
+        )
+        await self.s.reader.forget_tweets([tweet_id])
+        await self._best_effort(self.s.store.unpush_from_timelines([principal.user.id], [tweet_id]))
+        await self._best_effort(self.s.store.unpush_from_author(principal.user.id, tweet_id))
+        self._publish([event])
+
+    async def like(self, principal: Principal, tweet_id: int, *, liked: bool) -> int:
+        if liked:
+            count = await self.s.tweets.like(principal.user.id, tweet_id)
+        else:
+            count = await self.s.tweets.unlike(principal.user.id, tweet_id)
+        await self.s.reader.forget_tweets([tweet_id])
+        return count
+
+    async def replies(
+        self, viewer: Principal | None, tweet_id: int, *, after: int | None, limit: int
+    ) -> TweetPage:
+        await self.tweet(viewer, tweet_id)
+        ids = await self.s.tweets.replies(tweet_id, after=after, limit=limit + 1)
+        views = await self.s.reader.views(viewer.user.id if viewer else None, ids[:limit])
+        return TweetPage(
+            items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit)
+        )
+
+    async def user_tweets(
+        self, viewer: Principal | None, username: str, *, before: int | None, limit: int
+    ) -> TweetPage:
+        user = await self.user(username)
+        ids = await self.s.tweets.ids_by_authors([user.id], before=before, after=None, limit=limit + 1)
+        views = await self.s.reader.views(viewer.user.id if viewer else None, ids[:limit])
+        return TweetPage(
+            items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit)
+        )
+
+    # -- home timeline ---------------------------------------------------------------------
+
+    async def home(
+        self, principal: Principal, *, before: int | None, after: int | None, limit: int
+    ) -> HomePage:
+        user_id = principal.user.id
+        now = datetime.now(UTC)
+        if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
+            inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)
+            await self.s.users.touch_last_seen(user_id)
+            # Fanout skipped this user while inactive: their Redis timeline (if any survived)
+            # is missing tweets, so rebuild it before serving it.
+            if inactive:
+                await self._best_effort(self.s.timelines.populate(user_id))
+            await self._best_effort(self.s.store.keep_alive(user_id))
+        return await self.s.timelines.read(user_id, before=before, after=after, limit=limit)

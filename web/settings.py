@@ -1,0 +1,80 @@
+"""Every setting Chirp reads, from `CHIRP_*` environment variables with safe local defaults.
+This is the only place that reads the environment; everything else is handed its values."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/chirp"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+    typesense_url: str = "http://127.0.0.1:8108"
+    typesense_api_key: str = "chirp-local-key"
+    # Followers above which an author's tweets are merged at read time instead of pushed.
+    celebrity_threshold: int = 10_000
+    # An author stops being a celebrity only below threshold * (1 - hysteresis).
+    celebrity_hysteresis: float = 0.1
+    timeline_max: int = 800
+    # Users not seen for this many days get no fanout; their timeline is rebuilt on return.
+    active_days: int = 30
+    worker_id: int = 0
+    # Prefixes that let several instances (and the tests) share one Redis and one NATS.
+    redis_prefix: str = ""
+    stream: str = "CHIRP"
+    subject_prefix: str = "chirp"
+    # Must exceed the outbox relay's worst-case delay between a publish and its retry.
+    duplicate_window_seconds: float = 600.0
+    tweets_per_hour: int = 300
+    sign_in_attempts_per_minute: int = 10
+    sign_ups_per_hour: int = 30
+    max_body_bytes: int = 64 * 1024
+    var_dir: Path = field(default_factory=lambda: Path("var"))
+    web_processes: int = 1
+    secret_key: str = ""
+    secure_cookies: bool = False
+    log_level: str = "INFO"
+    log_json: bool = True
+    tweet_cache_ttl: int = 24 * 3600
+    db_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"CHIRP_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(raw, f.type, f.name)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _parse(raw: str, type_name: object, name: str) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise SystemExit(f"CHIRP_{name.upper()} must be a {kind}, got {raw!r}") from None
+    return raw
