@@ -66,7 +66,9 @@ class EventConsumer:
                     durable=self.durable, stream=self._names.stream
                 )
             except NATS_ERRORS as error:
-                log.warning("subscribe failed", extra={"consumer": self.durable, "error": repr(error)})
+                log.warning(
+                    "subscribe failed", extra={"consumer": self.durable, "error": repr(error)}
+                )
                 await asyncio.sleep(1.0)
                 continue
             try:
@@ -100,7 +102,11 @@ class EventConsumer:
             delivered = message.metadata.num_delivered
             log.exception(
                 "event handler failed",
-                extra={"consumer": self.durable, "event_id": event.event_id, "delivered": delivered},
+                extra={
+                    "consumer": self.durable,
+                    "event_id": event.event_id,
+                    "delivered": delivered,
+                },
             )
             if delivered >= self._max_deliver:
                 await self._dead_letter(message, repr(error))

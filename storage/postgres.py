@@ -13,18 +13,21 @@ from storage.piccolo_conf import DB
 
 
 class Database:
-    """Owns the asyncpg pool behind Piccolo's engine. Repositories borrow connections from
-    `pool`; Piccolo's table classes use the same engine."""
+    """An asyncpg pool for the repositories. Each Database owns its pool, so several sets
+    of services in one process (the tests run an app and a worker side by side) can start and
+    stop independently; Piccolo's engine is pointed at the same database for migrations."""
 
     def __init__(self, database_url: str, *, min_size: int = 2, max_size: int = 10) -> None:
         self.database_url = database_url
         self._min_size = min_size
         self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
         DB.config = {"dsn": self.database_url}
-        if DB.pool is None:
-            await DB.start_connection_pool(
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.database_url,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 # A statement that waits on a lock for this long is a bug, not load.
@@ -32,15 +35,15 @@ class Database:
             )
 
     async def stop(self) -> None:
-        if DB.pool is not None:
-            await DB.close_connection_pool()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
     def pool(self) -> asyncpg.Pool:
-        if DB.pool is None:
+        if self._pool is None:
             raise RuntimeError("Database.start() has not been called")
-        pool: asyncpg.Pool = DB.pool
-        return pool
+        return self._pool
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

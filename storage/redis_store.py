@@ -87,7 +87,9 @@ class TimelinePage(msgspec.Struct, frozen=True):
 
 
 class RedisTimelineStore:
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys, *, max_entries: int, ttl: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: RedisKeys, *, max_entries: int, ttl: int
+    ) -> None:
         self._redis = client
         self._keys = keys
         self.max_entries = max_entries
@@ -105,9 +107,7 @@ class RedisTimelineStore:
             complete, members, size = await pipe.execute()
         if complete is None:
             return None
-        return TimelinePage(
-            ids=[int(m) for m in members], truncated=size - 1 >= self.max_entries
-        )
+        return TimelinePage(ids=[int(m) for m in members], truncated=size - 1 >= self.max_entries)
 
     async def timeline_page(
         self, user_id: int, *, before: int | None, after: int | None, count: int
@@ -212,7 +212,9 @@ class RedisObjectCache(Generic[T]):
         if not ids:
             return {}
         values = await self._redis.mget([self._key(i) for i in ids])
-        return {i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None}
+        return {
+            i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None
+        }
 
     async def put_many(self, objects: dict[int, T]) -> None:
         if not objects:

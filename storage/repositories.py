@@ -103,8 +103,7 @@ class UserRepository:
 
     async def credentials(self, username: str) -> tuple[User, str] | None:
         row = await self._db.pool.fetchrow(
-            f"SELECT {USER_COLUMNS}, password_hash FROM users"
-            " WHERE lower(username) = lower($1)",
+            f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE lower(username) = lower($1)",
             username,
         )
         return (user_from_row(row), row["password_hash"]) if row else None
@@ -122,9 +121,7 @@ class UserRepository:
         return {r["id"]: Author(r["id"], r["username"], r["display_name"]) for r in rows}
 
     async def touch_last_seen(self, user_id: int) -> None:
-        await self._db.pool.execute(
-            "UPDATE users SET last_seen_at = now() WHERE id = $1", user_id
-        )
+        await self._db.pool.execute("UPDATE users SET last_seen_at = now() WHERE id = $1", user_id)
 
     async def last_seen_at(self, user_id: int) -> datetime | None:
         value: datetime | None = await self._db.pool.fetchval(
@@ -246,9 +243,7 @@ class TweetRepository:
                 raise NotFound("tweet not found")
             if row["author_id"] != user_id:
                 raise Forbidden("only the author can delete a tweet")
-            await connection.execute(
-                "UPDATE tweets SET deleted_at = now() WHERE id = $1", tweet_id
-            )
+            await connection.execute("UPDATE tweets SET deleted_at = now() WHERE id = $1", tweet_id)
             await connection.execute(
                 "UPDATE users SET tweets_count = tweets_count - 1 WHERE id = $1", user_id
             )
@@ -382,9 +377,7 @@ class FollowRepository:
             if removed is None:
                 return []
             events: list[Event] = [
-                Unfollowed(
-                    event_id=event_ids[0], follower_id=follower_id, followee_id=followee_id
-                )
+                Unfollowed(event_id=event_ids[0], follower_id=follower_id, followee_id=followee_id)
             ]
             await self._count_follow(connection, follower_id, followee_id, -1, event_ids, events)
             for event in events:
@@ -420,9 +413,7 @@ class FollowRepository:
                 "UPDATE users SET is_celebrity = $2 WHERE id = $1", followee_id, celebrity
             )
             events.append(
-                FanoutModeChanged(
-                    event_id=event_ids[1], author_id=followee_id, celebrity=celebrity
-                )
+                FanoutModeChanged(event_id=event_ids[1], author_id=followee_id, celebrity=celebrity)
             )
 
     async def is_following(self, follower_id: int, followee_id: int) -> bool:
@@ -458,7 +449,9 @@ class FollowRepository:
     ) -> list[tuple[int, User]]:
         """(follow id, user) pairs, newest follow first: the user's followers, or whom the
         user follows."""
-        mine, theirs = ("followee_id", "follower_id") if followers else ("follower_id", "followee_id")
+        mine, theirs = (
+            ("followee_id", "follower_id") if followers else ("follower_id", "followee_id")
+        )
         rows = await self._db.pool.fetch(
             f"SELECT f.id AS follow_id, {', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))}"
             f" FROM follows f JOIN users u ON u.id = f.{theirs}"

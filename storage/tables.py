@@ -4,11 +4,11 @@ composite primary keys of `follows`, `likes` and `idempotency_keys` (accessed wi
 repositories), partial indexes, and the case-insensitive unique index on usernames."""
 
 from piccolo.columns import (
+    JSONB,
     BigInt,
     Boolean,
     Bytea,
     Integer,
-    JSONB,
     Text,
     Timestamptz,
 )

@@ -94,9 +94,7 @@ class HomeTimeline:
         if home is None:
             await self.populate(user_id, normal)
             source = "rebuilt"
-            home = await self._store.timeline_page(
-                user_id, before=before, after=after, count=want
-            )
+            home = await self._store.timeline_page(user_id, before=before, after=after, count=want)
             if home is None:  # expired between the two calls; serve this page from Postgres
                 raise ConnectionError("timeline vanished during rebuild")
         pages: list[TimelinePage] = [home]
@@ -138,9 +136,7 @@ class HomeTimeline:
         )
         await self._store.populate_author(author_id, recent)
         window = [
-            i
-            for i in recent
-            if (before is None or i < before) and (after is None or i > after)
+            i for i in recent if (before is None or i < before) and (after is None or i > after)
         ]
         return TimelinePage(ids=window[:want], truncated=len(recent) >= self.max_entries)
 

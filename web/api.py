@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from domain.errors import InvalidInput, NotFound
 from domain.ids import parse_id
+from web.deps import ChirpDep, PrincipalDep, ViewerDep
 from web.errors import rate_limit_headers
 from web.schemas import (
     FollowingOut,
@@ -25,16 +26,16 @@ from web.schemas import (
     tweet_out,
     user_out,
 )
-from web.services import Chirp, Principal
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
 LimitParam = Annotated[
-    str | None, Parameter(query="limit", description="1 to 100, default 20", required=False)
+    str | None, QueryParameter(name="limit", description="1 to 100, default 20", required=False)
 ]
 CursorParam = Annotated[
-    str | None, Parameter(query="cursor", description="next_cursor of the previous page", required=False)
+    str | None,
+    QueryParameter(name="cursor", description="next_cursor of the previous page", required=False),
 ]
 
 
@@ -75,7 +76,7 @@ class AccountController(Controller):
 
     @post("/accounts", status_code=201)
     async def sign_up(
-        self, data: SignUpIn, chirp: Chirp, request: Request[object, object, object]
+        self, data: JSONBody[SignUpIn], chirp: ChirpDep, request: Request[object, object, object]
     ) -> SessionOut:
         user, token = await chirp.sign_up(
             data.username, data.password, data.display_name, client_address(request)
@@ -84,17 +85,17 @@ class AccountController(Controller):
 
     @post("/sessions", status_code=200)
     async def sign_in(
-        self, data: SignInIn, chirp: Chirp, request: Request[object, object, object]
+        self, data: JSONBody[SignInIn], chirp: ChirpDep, request: Request[object, object, object]
     ) -> SessionOut:
         user, token = await chirp.sign_in(data.username, data.password, client_address(request))
         return SessionOut(user=user_out(user), token=token)
 
     @delete("/sessions/current", status_code=204)
-    async def sign_out(self, principal: Principal, chirp: Chirp) -> None:
+    async def sign_out(self, principal: PrincipalDep, chirp: ChirpDep) -> None:
         await chirp.sign_out(principal)
 
     @get("/me")
-    async def me(self, principal: Principal, chirp: Chirp) -> UserOut:
+    async def me(self, principal: PrincipalDep, chirp: ChirpDep) -> UserOut:
         return user_out(await chirp.user(principal.user.username))
 
 
@@ -103,26 +104,30 @@ class UserController(Controller):
     tags = ["users"]
 
     @get("/")
-    async def profile(self, username: str, chirp: Chirp, viewer: Principal | None) -> UserOut:
+    async def profile(self, username: FromPath[str], chirp: ChirpDep, viewer: ViewerDep) -> UserOut:
         user = await chirp.user(username)
         return user_out(user, await chirp.is_following(viewer, user))
 
     @post("/follow", status_code=200)
-    async def follow(self, username: str, principal: Principal, chirp: Chirp) -> FollowingOut:
+    async def follow(
+        self, username: FromPath[str], principal: PrincipalDep, chirp: ChirpDep
+    ) -> FollowingOut:
         await chirp.follow(principal, username)
         return FollowingOut(following=True)
 
     @delete("/follow", status_code=200)
-    async def unfollow(self, username: str, principal: Principal, chirp: Chirp) -> FollowingOut:
+    async def unfollow(
+        self, username: FromPath[str], principal: PrincipalDep, chirp: ChirpDep
+    ) -> FollowingOut:
         await chirp.unfollow(principal, username)
         return FollowingOut(following=False)
 
     @get("/followers")
     async def followers(
         self,
-        username: str,
-        chirp: Chirp,
-        viewer: Principal | None,
+        username: FromPath[str],
+        chirp: ChirpDep,
+        viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
     ) -> UserListOut:
@@ -131,9 +136,9 @@ class UserController(Controller):
     @get("/following")
     async def following(
         self,
-        username: str,
-        chirp: Chirp,
-        viewer: Principal | None,
+        username: FromPath[str],
+        chirp: ChirpDep,
+        viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
     ) -> UserListOut:
@@ -141,9 +146,9 @@ class UserController(Controller):
 
     async def _list(
         self,
-        chirp: Chirp,
-        viewer: Principal | None,
-        username: str,
+        chirp: ChirpDep,
+        viewer: ViewerDep,
+        username: FromPath[str],
         followers: bool,
         limit: str | None,
         cursor: str | None,
@@ -162,9 +167,9 @@ class UserController(Controller):
     @get("/tweets")
     async def tweets(
         self,
-        username: str,
-        chirp: Chirp,
-        viewer: Principal | None,
+        username: FromPath[str],
+        chirp: ChirpDep,
+        viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
     ) -> TweetListOut:
@@ -183,11 +188,11 @@ class TweetController(Controller):
     @post("/", status_code=201)
     async def post_tweet(
         self,
-        data: TweetIn,
-        principal: Principal,
-        chirp: Chirp,
+        data: JSONBody[TweetIn],
+        principal: PrincipalDep,
+        chirp: ChirpDep,
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", required=False)
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
         ] = None,
     ) -> Response[TweetOut]:
         reply_to = None
@@ -215,19 +220,23 @@ class TweetController(Controller):
         )
 
     @get("/{tweet_id:str}")
-    async def get_tweet(self, tweet_id: str, chirp: Chirp, viewer: Principal | None) -> TweetOut:
+    async def get_tweet(
+        self, tweet_id: FromPath[str], chirp: ChirpDep, viewer: ViewerDep
+    ) -> TweetOut:
         return tweet_out(await chirp.tweet(viewer, parse_tweet_id(tweet_id)))
 
     @delete("/{tweet_id:str}", status_code=204)
-    async def delete_tweet(self, tweet_id: str, principal: Principal, chirp: Chirp) -> None:
+    async def delete_tweet(
+        self, tweet_id: FromPath[str], principal: PrincipalDep, chirp: ChirpDep
+    ) -> None:
         await chirp.delete_tweet(principal, parse_tweet_id(tweet_id))
 
     @get("/{tweet_id:str}/replies")
     async def replies(
         self,
-        tweet_id: str,
-        chirp: Chirp,
-        viewer: Principal | None,
+        tweet_id: FromPath[str],
+        chirp: ChirpDep,
+        viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
     ) -> TweetListOut:
@@ -239,12 +248,16 @@ class TweetController(Controller):
         )
 
     @post("/{tweet_id:str}/like", status_code=200)
-    async def like(self, tweet_id: str, principal: Principal, chirp: Chirp) -> LikeOut:
+    async def like(
+        self, tweet_id: FromPath[str], principal: PrincipalDep, chirp: ChirpDep
+    ) -> LikeOut:
         count = await chirp.like(principal, parse_tweet_id(tweet_id), liked=True)
         return LikeOut(liked=True, like_count=count)
 
     @delete("/{tweet_id:str}/like", status_code=200)
-    async def unlike(self, tweet_id: str, principal: Principal, chirp: Chirp) -> LikeOut:
+    async def unlike(
+        self, tweet_id: FromPath[str], principal: PrincipalDep, chirp: ChirpDep
+    ) -> LikeOut:
         count = await chirp.like(principal, parse_tweet_id(tweet_id), liked=False)
         return LikeOut(liked=False, like_count=count)
 
@@ -256,12 +269,15 @@ class TimelineController(Controller):
     @get("/")
     async def home(
         self,
-        principal: Principal,
-        chirp: Chirp,
+        principal: PrincipalDep,
+        chirp: ChirpDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
         since_id: Annotated[
-            str | None, Parameter(query="since_id", description="only tweets newer than this", required=False)
+            str | None,
+            QueryParameter(
+                name="since_id", description="only tweets newer than this", required=False
+            ),
         ] = None,
     ) -> TweetListOut:
         page = await chirp.home(

@@ -20,6 +20,7 @@ from litestar.response import Response
 from domain.errors import DomainError
 from web.api import AccountController, TimelineController, TweetController, UserController
 from web.container import Services, build_services, start_services, stop_services
+from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
 from web.services import Chirp, Principal
 from web.settings import Settings
@@ -44,7 +45,7 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
 
 
 async def provide_chirp(state: State) -> Chirp:
-    chirp: Chirp = state.chirp
+    chirp: ChirpDep = state.chirp
     return chirp
 
 
@@ -58,16 +59,20 @@ def credentials(request: Request[object, object, object]) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
-async def provide_viewer(request: Request[object, object, object], chirp: Chirp) -> Principal | None:
+async def provide_viewer(
+    request: Request[object, object, object], chirp: ChirpDep
+) -> Principal | None:
     token = credentials(request)
     if token is None:
         return None
     return await chirp.authenticate(token)
 
 
-async def provide_principal(viewer: Principal | None) -> Principal:
+async def provide_principal(viewer: ViewerDep) -> Principal:
     if viewer is None:
-        raise NotAuthorizedException("authentication required", headers={"WWW-Authenticate": "Bearer"})
+        raise NotAuthorizedException(
+            "authentication required", headers={"WWW-Authenticate": "Bearer"}
+        )
     return viewer
 
 

@@ -33,7 +33,9 @@ def migrate() -> None:
 
 
 @main.command()
-@click.option("--workers", type=int, default=None, help="web processes (default CHIRP_WEB_PROCESSES)")
+@click.option(
+    "--workers", type=int, default=None, help="web processes (default CHIRP_WEB_PROCESSES)"
+)
 def serve(workers: int | None) -> None:
     """Run the web app (API, pages, WebSockets)."""
     import uvicorn

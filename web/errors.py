@@ -49,10 +49,10 @@ def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]
     }
 
 
-def handle_domain_error(_: Request[object, object, object], error: DomainError) -> Response[dict[str, object]]:
-    status = next(
-        (code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 400
-    )
+def handle_domain_error(
+    _: Request[object, object, object], error: DomainError
+) -> Response[dict[str, object]]:
+    status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 400)
     headers: dict[str, str] = {}
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(max(1, error.retry_after))
@@ -61,12 +61,16 @@ def handle_domain_error(_: Request[object, object, object], error: DomainError) 
     return error_response(status, error.detail, headers=headers)
 
 
-def handle_http_error(_: Request[object, object, object], error: HTTPException) -> Response[dict[str, object]]:
+def handle_http_error(
+    _: Request[object, object, object], error: HTTPException
+) -> Response[dict[str, object]]:
     return error_response(
         error.status_code, str(error.detail), extra=error.extra, headers=error.headers
     )
 
 
-def handle_unexpected(request: Request[object, object, object], error: Exception) -> Response[dict[str, object]]:
+def handle_unexpected(
+    request: Request[object, object, object], error: Exception
+) -> Response[dict[str, object]]:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "internal server error")

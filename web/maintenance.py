@@ -15,9 +15,8 @@ async def rebuild_timelines(settings: Settings, username: str | None) -> int:
             await services.timelines.populate(user.id)
             return 1
         count = 0
-        async with services.db.pool.acquire() as connection:
-            async with connection.transaction():
-                async for row in connection.cursor("SELECT id FROM users ORDER BY id"):
-                    await services.timelines.populate(row["id"])
-                    count += 1
+        async with services.db.pool.acquire() as connection, connection.transaction():
+            async for row in connection.cursor("SELECT id FROM users ORDER BY id"):
+                await services.timelines.populate(row["id"])
+                count += 1
         return count

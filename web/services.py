@@ -69,7 +69,9 @@ class Chirp:
     def _publish(self, events: list[Event]) -> None:
         self.s.relay.publish_soon(events)
 
-    async def _limit(self, name: str, subject: str, *, limit: int, window: int) -> RateLimitDecision:
+    async def _limit(
+        self, name: str, subject: str, *, limit: int, window: int
+    ) -> RateLimitDecision:
         decision = await self.s.rate_limiter.hit(name, subject, limit=limit, window=window)
         if not decision.allowed:
             raise RateLimited(f"rate limit exceeded: {limit} per {window} seconds", decision.reset)
@@ -149,9 +151,7 @@ class Chirp:
 
     async def unfollow(self, principal: Principal, username: str) -> None:
         followee = await self.user(username)
-        events = await self.s.follows.unfollow(
-            principal.user.id, followee.id, self._event_ids(2)
-        )
+        events = await self.s.follows.unfollow(principal.user.id, followee.id, self._event_ids(2))
         if events:
             await self._best_effort(
                 self.s.timelines.unmerge_from_timeline(principal.user.id, followee.id)
@@ -171,7 +171,9 @@ class Chirp:
         limit: int,
     ) -> UserPage:
         user = await self.user(username)
-        rows = await self.s.follows.page(user.id, followers=followers, before=before, limit=limit + 1)
+        rows = await self.s.follows.page(
+            user.id, followers=followers, before=before, limit=limit + 1
+        )
         page = rows[:limit]
         users = [u for _, u in page]
         followed: set[int] = set()
@@ -250,19 +252,17 @@ class Chirp:
         await self.tweet(viewer, tweet_id)
         ids = await self.s.tweets.replies(tweet_id, after=after, limit=limit + 1)
         views = await self.s.reader.views(viewer.user.id if viewer else None, ids[:limit])
-        return TweetPage(
-            items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit)
-        )
+        return TweetPage(items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit))
 
     async def user_tweets(
         self, viewer: Principal | None, username: str, *, before: int | None, limit: int
     ) -> TweetPage:
         user = await self.user(username)
-        ids = await self.s.tweets.ids_by_authors([user.id], before=before, after=None, limit=limit + 1)
-        views = await self.s.reader.views(viewer.user.id if viewer else None, ids[:limit])
-        return TweetPage(
-            items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit)
+        ids = await self.s.tweets.ids_by_authors(
+            [user.id], before=before, after=None, limit=limit + 1
         )
+        views = await self.s.reader.views(viewer.user.id if viewer else None, ids[:limit])
+        return TweetPage(items=views, next_cursor=page_cursor(ids[:limit], limit, len(ids) > limit))
 
     # -- home timeline ---------------------------------------------------------------------
 
