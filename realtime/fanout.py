@@ -20,6 +20,7 @@ from domain.events import (
     Unfollowed,
 )
 from domain.ids import id_timestamp_ms
+from realtime.live import LiveEvent, LivePublisher
 from storage.hydrate import TweetReader
 from storage.redis_store import RedisTimelineStore
 from storage.repositories import FollowRepository, TweetRepository, UserRepository
@@ -45,6 +46,7 @@ class Fanout:
         users: UserRepository,
         follows: FollowRepository,
         reader: TweetReader,
+        live: LivePublisher,
         *,
         active_days: int,
         chunk_size: int = 1000,
@@ -56,6 +58,7 @@ class Fanout:
         self._users = users
         self._follows = follows
         self._reader = reader
+        self._live = live
         self._active = timedelta(days=active_days)
         self._chunk_size = chunk_size
         self._mode_change_backfill = mode_change_backfill
@@ -88,32 +91,46 @@ class Fanout:
         author = await self._users.get(event.author_id)
         if author is None:
             return
+        live = LiveEvent(event="tweet", id=tweet.id, author_id=author.id)
         await self._store.push_to_author(author.id, tweet.id)
         # Read-your-writes was best effort in the request; make it certain here.
         await self._store.push_to_timelines([author.id], [tweet.id])
+        await self._live.to_online_users([author.id], live)
         if author.is_celebrity:
+            # One message for every app process with a follower of this author connected.
+            await self._live.to_author_followers(live)
             self.stats.celebrity_skips += 1
             return
-        await self.push_to_followers(author.id, [tweet.id])
+        await self.push_to_followers(author.id, [tweet.id], live)
         self.stats.tweets_fanned_out += 1
         self.stats.last_lag_ms = time.time() * 1000 - id_timestamp_ms(tweet.id)
 
-    async def push_to_followers(self, author_id: int, tweet_ids: list[int]) -> None:
+    async def push_to_followers(
+        self, author_id: int, tweet_ids: list[int], live: LiveEvent | None = None
+    ) -> None:
         async for chunk in self._follows.active_follower_chunks(
             author_id, self._active_since(), self._chunk_size
         ):
             await self._store.push_to_timelines(chunk, tweet_ids)
             self.stats.timeline_writes += len(chunk) * len(tweet_ids)
+            # Only after the timelines hold it: a socket that reconnects and reads its
+            # timeline must find what it was not sent live.
+            if live is not None:
+                await self._live.to_online_users(chunk, live)
 
     async def fan_out_deletion(self, event: TweetDeleted) -> None:
         # The cache first: from then on every read drops the tweet, whatever the sets hold.
         await self._reader.forget_tweets([event.tweet_id])
         await self._store.unpush_from_author(event.author_id, event.tweet_id)
         await self._store.unpush_from_timelines([event.author_id], [event.tweet_id])
+        live = LiveEvent(event="delete", id=event.tweet_id, author_id=event.author_id)
+        await self._live.to_online_users([event.author_id], live)
+        await self._live.to_author_followers(live)
         async for chunk in self._follows.active_follower_chunks(
             event.author_id, self._active_since(), self._chunk_size
         ):
             await self._store.unpush_from_timelines(chunk, [event.tweet_id])
+            await self._live.to_online_users(chunk, live)
 
     async def change_fanout_mode(self, event: FanoutModeChanged) -> None:
         author = await self._users.get(event.author_id)

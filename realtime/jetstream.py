@@ -38,9 +38,12 @@ class StreamNames:
     def dead_letter(self, consumer: str) -> str:
         return f"{self.prefix}_dlq.{consumer}"
 
-    def live(self, user_id: int) -> str:
-        # Core NATS (not in the stream): live push is for whoever is connected right now.
+    # Core NATS (not in the stream): live push is for whoever is connected right now.
+    def live_user(self, user_id: int) -> str:
         return f"{self.prefix}_live.user.{user_id}"
+
+    def live_author(self, author_id: int) -> str:
+        return f"{self.prefix}_live.author.{author_id}"
 
 
 class NatsLink:

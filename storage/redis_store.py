@@ -58,6 +58,9 @@ class RedisKeys:
     def author(self, user_id: int) -> str:
         return f"{self.prefix}au:{user_id}"
 
+    def online(self, user_id: int) -> str:
+        return f"{self.prefix}on:{user_id}"
+
     def rate(self, name: str, subject: str, window: int) -> str:
         return f"{self.prefix}rl:{name}:{subject}:{window}"
 

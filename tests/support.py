@@ -132,3 +132,59 @@ async def running_fanout(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+class ServerProcess:
+    """A real `chirp serve` (or worker) process, for tests that need real sockets or several
+    app processes."""
+
+    def __init__(self, settings: Settings, *argv: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, **settings.to_env(), "CHIRP_LOG_JSON": "1"}
+        self.settings = settings
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+
+            async def up() -> bool:
+                if self.process.poll() is not None:
+                    raise RuntimeError(self.stderr())
+                try:
+                    return (await client.get("/health")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            assert await eventually(up, timeout=timeout), "server did not start"
+
+    def stderr(self) -> str:
+        if self.process.stderr is None:
+            return ""
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read().decode(errors="replace")[-4000:]
+
+    def stop(self, kill: bool = False) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except Exception:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()

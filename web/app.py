@@ -18,12 +18,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response
 
 from domain.errors import DomainError
+from realtime.live import LiveHub
 from web.api import AccountController, TimelineController, TweetController, UserController
 from web.container import Services, build_services, start_services, stop_services
 from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
 from web.services import Chirp, Principal
 from web.settings import Settings
+from web.stream_api import stream
 
 log = logging.getLogger("chirp.web")
 
@@ -106,7 +108,19 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
         await start_services(services)
         app.state.services = services
         app.state.chirp = Chirp(services)
-        tasks: list[asyncio.Task[None]] = []
+        hub = LiveHub(services.link, services.names, services.presence)
+        app.state.hub = hub
+        prepare_streams = services.link.on_connect
+
+        async def on_connect() -> None:
+            if prepare_streams is not None:
+                await prepare_streams()
+            await hub.resubscribe()
+
+        services.link.on_connect = on_connect
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(supervise("live-presence", hub.keep_presence))
+        ]
         if run_relay:
             tasks.append(
                 asyncio.create_task(supervise("relay-publisher", services.relay.run_publisher))
@@ -130,6 +144,7 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             UserController,
             TweetController,
             TimelineController,
+            stream,
         ],
         lifespan=[lifespan],
         dependencies={

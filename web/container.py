@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from domain.ids import IdGenerator
 from realtime.jetstream import JetStreamPublisher, NatsLink, StreamNames, ensure_streams
+from realtime.live import Presence
 from realtime.relay import OutboxRelay
 from storage.hydrate import TweetReader
 from storage.postgres import Database
@@ -59,6 +60,7 @@ class Services:
     publisher: JetStreamPublisher
     relay: OutboxRelay
     rate_limiter: RedisRateLimiter
+    presence: Presence
 
 
 def build_services(settings: Settings, *, process_name: str) -> Services:
@@ -108,6 +110,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         publisher=publisher,
         relay=OutboxRelay(link, publisher, db, outbox),
         rate_limiter=RedisRateLimiter(redis, keys),
+        presence=Presence(redis, keys),
     )
 
 

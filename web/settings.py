@@ -40,6 +40,8 @@ class Settings:
     web_processes: int = 1
     secret_key: str = ""
     secure_cookies: bool = False
+    # Extra origins (besides the app's own) whose pages may open WebSockets, comma-separated.
+    allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_json: bool = True
     tweet_cache_ttl: int = 24 * 3600
@@ -55,6 +57,18 @@ class Settings:
                 continue
             values[f.name] = _parse(raw, f.type, f.name)
         return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that gives another process these same settings."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[f"CHIRP_{f.name.upper()}"] = str(value)
+        return env
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -75,6 +89,8 @@ def _parse(raw: str, type_name: object, name: str) -> object:
             return raw.strip().lower() in {"1", "true", "yes", "on"}
         if kind == "Path":
             return Path(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
         raise SystemExit(f"CHIRP_{name.upper()} must be a {kind}, got {raw!r}") from None
     return raw

@@ -9,6 +9,7 @@ import signal
 
 from realtime.consumer import EventConsumer
 from realtime.fanout import Fanout
+from realtime.live import LivePublisher
 from web.container import Services, provide_services
 from web.settings import Settings
 
@@ -23,6 +24,7 @@ def fanout_consumer(services: Services) -> tuple[EventConsumer, Fanout]:
         services.users,
         services.follows,
         services.reader,
+        LivePublisher(services.link, services.names, services.presence),
         active_days=services.settings.active_days,
     )
     return EventConsumer(services.link, services.names, "fanout", fanout.handle), fanout
