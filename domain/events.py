@@ -59,4 +59,5 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> AnyEvent:
-    return _decoder.decode(data)
+    event: AnyEvent = _decoder.decode(data)
+    return event

@@ -5,6 +5,7 @@ never blocks the rest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -83,10 +84,8 @@ class EventConsumer:
                 log.warning("fetch failed", extra={"consumer": self.durable, "error": repr(error)})
                 await asyncio.sleep(0.5)
             finally:
-                try:
+                with contextlib.suppress(*NATS_ERRORS):
                     await subscription.unsubscribe()
-                except NATS_ERRORS:
-                    pass
 
     async def _handle(self, message: Msg) -> None:
         try:

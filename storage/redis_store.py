@@ -214,7 +214,8 @@ class RedisObjectCache(Generic[T]):
     async def get_many(self, ids: Sequence[int]) -> dict[int, T]:
         if not ids:
             return {}
-        values = await self._redis.mget([self._key(i) for i in ids])
+        # The client is created without decode_responses, so values are bytes.
+        values: list[bytes | None] = await self._redis.mget([self._key(i) for i in ids])  # type: ignore[assignment]
         return {
             i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None
         }

@@ -20,6 +20,8 @@ USER_COLUMNS = (
     "id, username, display_name, bio, created_at, followers_count, following_count,"
     " tweets_count, is_celebrity, is_admin"
 )
+# The same columns qualified with the alias `u`, for joins.
+USER_COLUMNS_U = ", ".join("u." + column.strip() for column in USER_COLUMNS.split(","))
 TWEET_COLUMNS = (
     "id, author_id, text, created_at, reply_to, media, like_count, reply_count,"
     " deleted_at IS NOT NULL AS deleted"
@@ -149,7 +151,7 @@ class TokenRepository:
     async def resolve(self, token_hash: bytes) -> tuple[User, datetime] | None:
         """The user a live token belongs to, and when that user was last seen."""
         row = await self._db.pool.fetchrow(
-            f"SELECT {', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))},"
+            f"SELECT {USER_COLUMNS_U},"
             " u.last_seen_at FROM access_tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now())",
             token_hash,
@@ -453,7 +455,7 @@ class FollowRepository:
             ("followee_id", "follower_id") if followers else ("follower_id", "followee_id")
         )
         rows = await self._db.pool.fetch(
-            f"SELECT f.id AS follow_id, {', '.join('u.' + c.strip() for c in USER_COLUMNS.split(','))}"
+            f"SELECT f.id AS follow_id, {USER_COLUMNS_U}"
             f" FROM follows f JOIN users u ON u.id = f.{theirs}"
             f" WHERE f.{mine} = $1 AND f.id < $2 ORDER BY f.id DESC LIMIT $3",
             user_id,

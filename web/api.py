@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
@@ -66,7 +66,7 @@ def parse_tweet_id(raw: str) -> int:
     return value
 
 
-def client_address(request: Request[object, object, object]) -> str:
+def client_address(request: Request[Any, Any, Any]) -> str:
     return request.client.host if request.client else "unknown"
 
 
@@ -76,7 +76,7 @@ class AccountController(Controller):
 
     @post("/accounts", status_code=201)
     async def sign_up(
-        self, data: JSONBody[SignUpIn], chirp: ChirpDep, request: Request[object, object, object]
+        self, data: JSONBody[SignUpIn], chirp: ChirpDep, request: Request[Any, Any, Any]
     ) -> SessionOut:
         user, token = await chirp.sign_up(
             data.username, data.password, data.display_name, client_address(request)
@@ -85,7 +85,7 @@ class AccountController(Controller):
 
     @post("/sessions", status_code=200)
     async def sign_in(
-        self, data: JSONBody[SignInIn], chirp: ChirpDep, request: Request[object, object, object]
+        self, data: JSONBody[SignInIn], chirp: ChirpDep, request: Request[Any, Any, Any]
     ) -> SessionOut:
         user, token = await chirp.sign_in(data.username, data.password, client_address(request))
         return SessionOut(user=user_out(user), token=token)

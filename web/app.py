@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
@@ -51,7 +52,7 @@ async def provide_chirp(state: State) -> Chirp:
     return chirp
 
 
-def credentials(request: Request[object, object, object]) -> str | None:
+def credentials(request: Request[Any, Any, Any]) -> str | None:
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
@@ -61,9 +62,7 @@ def credentials(request: Request[object, object, object]) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
-async def provide_viewer(
-    request: Request[object, object, object], chirp: ChirpDep
-) -> Principal | None:
+async def provide_viewer(request: Request[Any, Any, Any], chirp: ChirpDep) -> Principal | None:
     token = credentials(request)
     if token is None:
         return None

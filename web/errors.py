@@ -4,6 +4,7 @@ errors map to their status; anything unexpected is logged and answered 500 witho
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
@@ -50,7 +51,7 @@ def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]
 
 
 def handle_domain_error(
-    _: Request[object, object, object], error: DomainError
+    _: Request[Any, Any, Any], error: DomainError
 ) -> Response[dict[str, object]]:
     status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 400)
     headers: dict[str, str] = {}
@@ -62,7 +63,7 @@ def handle_domain_error(
 
 
 def handle_http_error(
-    _: Request[object, object, object], error: HTTPException
+    _: Request[Any, Any, Any], error: HTTPException
 ) -> Response[dict[str, object]]:
     return error_response(
         error.status_code, str(error.detail), extra=error.extra, headers=error.headers
@@ -70,7 +71,7 @@ def handle_http_error(
 
 
 def handle_unexpected(
-    request: Request[object, object, object], error: Exception
+    request: Request[Any, Any, Any], error: Exception
 ) -> Response[dict[str, object]]:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "internal server error")

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from litestar import WebSocket
@@ -18,7 +18,7 @@ from domain.model import TweetView
 from realtime.live import LiveEvent, LiveHub, SlowConsumer
 from web.services import Chirp, Principal
 
-# Close codes (4000–4999 are the application's own).
+# Close codes (4000-4999 are the application's own).
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 BACKLOG_LIMIT = 800
@@ -30,7 +30,7 @@ class Renderer(Protocol):
     def deleted(self, tweet_id: int) -> str: ...
 
 
-def origin_allowed(socket: WebSocket[object, object, object], allowed: tuple[str, ...]) -> bool:
+def origin_allowed(socket: WebSocket[Any, Any, Any], allowed: tuple[str, ...]) -> bool:
     """Browsers always send Origin on WebSockets; a page on another site must not be able to
     open a socket with the user's cookie. Clients that are not browsers send none."""
     origin = socket.headers.get("origin")
@@ -74,7 +74,7 @@ async def backlog(chirp: Chirp, principal: Principal, since_id: int) -> list[Twe
 
 
 async def run_session(
-    socket: WebSocket[object, object, object],
+    socket: WebSocket[Any, Any, Any],
     chirp: Chirp,
     hub: LiveHub,
     principal: Principal,
@@ -137,7 +137,7 @@ async def _maybe_await(value: Awaitable[str] | str) -> str:
     return await value
 
 
-async def _drain_incoming(socket: WebSocket[object, object, object]) -> None:
+async def _drain_incoming(socket: WebSocket[Any, Any, Any]) -> None:
     """Reads (and ignores) what the client sends, so a disconnect is noticed at once."""
     with contextlib.suppress(WebSocketDisconnect):
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
@@ -27,7 +29,7 @@ class JsonRenderer:
 
 
 @websocket("/api/v1/stream")
-async def stream(socket: WebSocket[object, object, object], state: State) -> None:
+async def stream(socket: WebSocket[Any, Any, Any], state: State) -> None:
     chirp: Chirp = state.chirp
     hub: LiveHub = state.hub
     if not origin_allowed(socket, chirp.s.settings.allowed_origins):
