@@ -40,7 +40,7 @@ def serve(workers: int | None) -> None:
     """Run the web app (API, pages, WebSockets)."""
     import uvicorn
 
-    from web.logs import configure_logging
+    from web.logs import configure_logging, logging_config
 
     settings = _settings()
     configure_logging(settings)
@@ -54,7 +54,7 @@ def serve(workers: int | None) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
-        log_config=None,
+        log_config=logging_config(settings),
     )
 
 
@@ -98,6 +98,23 @@ def timeline_rebuild(username: str | None, all_users: bool) -> None:
     click.echo(f"rebuilt {count} timeline(s)")
 
 
+def wait_for_health(url: str, *, timeout: float) -> bool:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
 @main.command()
 def up() -> None:
     """Start everything on this machine: services (reused or embedded), migrations, web app,
@@ -131,7 +148,11 @@ def up() -> None:
         ]
 
         def announce() -> None:
-            click.echo(f"\n  Chirp is running at {settings.url}\n  Ctrl-C stops it.\n")
+            # Only once the app answers, so the printed URL works when it appears.
+            if wait_for_health(f"{settings.url}/health", timeout=60):
+                click.echo(f"\n  Chirp is running at {settings.url}\n  Ctrl-C stops it.\n")
+            else:
+                click.echo(f"\n  Chirp did not answer at {settings.url} within 60 s\n", err=True)
 
         code = run_processes(commands, env=env, on_ready=announce)
     finally:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import logging.config
 from datetime import UTC, datetime
 
 from web.settings import Settings
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,13 +32,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
+def logging_config(settings: Settings) -> dict[str, object]:
+    """A dictConfig, also handed to uvicorn so that its worker processes log the same way."""
+    formatter: dict[str, object] = (
+        {"()": "web.logs.JsonFormatter"}
         if settings.log_json
-        else logging.Formatter("%(levelname)s %(name)s %(message)s")
+        else {"format": "%(levelname)s %(name)s %(message)s"}
     )
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(settings.log_level.upper())
+    handler = {"class": "logging.StreamHandler", "formatter": "chirp", "stream": "ext://sys.stderr"}
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"chirp": formatter},
+        "handlers": {"chirp": handler},
+        "root": {"handlers": ["chirp"], "level": level},
+        "loggers": {
+            name: {"handlers": ["chirp"], "level": level, "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "piccolo")
+        },
+    }
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.config.dictConfig(logging_config(settings))
