@@ -54,6 +54,20 @@ def _stop_all(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
         child.wait()
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the supervisor is SIGKILLed it cannot stop its
+    children, so the kernel does it — otherwise an orphaned web process would keep the port
+    and the next `make run` would fail to start."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: children may outlive a killed supervisor
+
+
 def run_processes(
     commands: list[tuple[str, list[str]]],
     *,
@@ -90,6 +104,7 @@ def run_processes(
                 # Our own signal handling decides when children stop, and in
                 # which order; a terminal Ctrl-C must not hit them directly.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             children.append((name, child))
             assert child.stdout is not None
