@@ -32,9 +32,10 @@ class Unauthorized(DomainError):
 
 
 class RateLimited(DomainError):
-    def __init__(self, detail: str, retry_after: int) -> None:
+    def __init__(self, detail: str, retry_after: int, limit: int = 0) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.limit = limit
 
 
 class Unavailable(DomainError):

@@ -55,6 +55,7 @@ class NatsLink:
         self._name = name
         self._client: NatsClient | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._closing = False
         self.ready = asyncio.Event()
         # Run after every (re)connection: a NATS that restarted without its store has lost
         # the streams, and they must exist before anything is published or consumed.
@@ -115,13 +116,15 @@ class NatsLink:
         log.debug("nats error", extra={"error": repr(error)})
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats disconnected")
+        if not self._closing:
+            log.warning("nats disconnected")
 
     async def _on_reconnected(self) -> None:
         log.info("nats reconnected")
         await self._prepare()
 
     async def stop(self) -> None:
+        self._closing = True
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -15,8 +15,7 @@ async def rebuild_timelines(settings: Settings, username: str | None) -> int:
             await services.timelines.populate(user.id)
             return 1
         count = 0
-        async with services.db.pool.acquire() as connection, connection.transaction():
-            async for row in connection.cursor("SELECT id FROM users ORDER BY id"):
-                await services.timelines.populate(row["id"])
-                count += 1
+        async for user_id in services.users.all_ids():
+            await services.timelines.populate(user_id)
+            count += 1
         return count
