@@ -18,9 +18,7 @@ from web.settings import Settings
 
 @pytest.fixture
 async def two_servers(settings: Settings) -> AsyncIterator[list[ServerProcess]]:
-    servers = [
-        ServerProcess(settings.with_overrides(port=free_port()), "serve") for _ in range(2)
-    ]
+    servers = [ServerProcess(settings.with_overrides(port=free_port()), "serve") for _ in range(2)]
     try:
         for server in servers:
             await server.wait_ready()
@@ -63,18 +61,23 @@ async def test_a_followed_authors_tweet_is_pushed_to_a_socket_on_another_app_pro
     first, second = two_servers
     alice, alice_token = await sign_up(first.base_url)
     _, bob_token = await sign_up(first.base_url)
-    assert (await call(first.base_url, "POST", f"/api/v1/users/{alice}/follow", bob_token)).status_code == 200
-    async with running_fanout(settings):
-        async with websockets.connect(ws_url(second, bob_token)) as socket:
-            posted = await call(first.base_url, "POST", "/api/v1/tweets", alice_token, json={"text": "live!"})
-            event = await next_event(socket)
-            assert event == {"event": "tweet", "tweet": posted.json()}
-            tweet_id = posted.json()["id"]
-            assert (await call(first.base_url, "DELETE", f"/api/v1/tweets/{tweet_id}", alice_token)).status_code == 204
-            assert await next_event(socket) == {"event": "delete", "id": tweet_id}
+    assert (
+        await call(first.base_url, "POST", f"/api/v1/users/{alice}/follow", bob_token)
+    ).status_code == 200
+    async with running_fanout(settings), websockets.connect(ws_url(second, bob_token)) as socket:
+        posted = await call(
+            first.base_url, "POST", "/api/v1/tweets", alice_token, json={"text": "live!"}
+        )
+        event = await next_event(socket)
+        assert event == {"event": "tweet", "tweet": posted.json()}
+        tweet_id = posted.json()["id"]
+        assert (
+            await call(first.base_url, "DELETE", f"/api/v1/tweets/{tweet_id}", alice_token)
+        ).status_code == 204
+        assert await next_event(socket) == {"event": "delete", "id": tweet_id}
 
 
-async def test_resuming_with_since_id_sends_the_missed_tweets_then_live_ones_without_gap_or_duplicate(
+async def test_resuming_with_since_id_sends_missed_tweets_then_live_ones_without_gap_or_repeat(
     settings: Settings, two_servers: list[ServerProcess]
 ) -> None:
     first, second = two_servers
@@ -83,7 +86,9 @@ async def test_resuming_with_since_id_sends_the_missed_tweets_then_live_ones_wit
     await call(first.base_url, "POST", f"/api/v1/users/{alice}/follow", bob_token)
 
     async def post(text: str) -> str:
-        response = await call(first.base_url, "POST", "/api/v1/tweets", alice_token, json={"text": text})
+        response = await call(
+            first.base_url, "POST", "/api/v1/tweets", alice_token, json={"text": text}
+        )
         tweet_id: str = response.json()["id"]
         return tweet_id
 
