@@ -25,6 +25,7 @@ class TweetDeleted(Event, frozen=True, tag="tweet.deleted"):
     kind: ClassVar[str] = "tweet.deleted"
     tweet_id: int
     author_id: int
+    reply_to: int | None = None
 
 
 class Followed(Event, frozen=True, tag="follow.created"):

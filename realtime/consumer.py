@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from domain.events import AnyEvent, decode_event
@@ -74,18 +75,25 @@ class EventConsumer:
                 continue
             try:
                 while not stop.is_set():
-                    try:
-                        messages = await subscription.fetch(self._batch, timeout=1.0)
-                    except TimeoutError:
-                        continue
-                    for message in messages:
-                        await self._handle(message)
+                    await self._pull(subscription, stop)
             except NATS_ERRORS as error:
                 log.warning("fetch failed", extra={"consumer": self.durable, "error": repr(error)})
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(*NATS_ERRORS):
                     await subscription.unsubscribe()
+
+    async def _pull(
+        self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
+        """One fetch and its handling, a message at a time (a batching consumer overrides
+        this)."""
+        try:
+            messages = await subscription.fetch(self._batch, timeout=1.0)
+        except TimeoutError:
+            return
+        for message in messages:
+            await self._handle(message)
 
     async def _handle(self, message: Msg) -> None:
         try:

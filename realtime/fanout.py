@@ -71,8 +71,7 @@ class Fanout:
             case TweetDeleted():
                 await self.fan_out_deletion(event)
             case Followed():
-                if await self._follows.is_following(event.follower_id, event.followee_id):
-                    await self._timelines.merge_into_timeline(event.follower_id, event.followee_id)
+                await self.merge_followee(event)
             case Unfollowed():
                 if not await self._follows.is_following(event.follower_id, event.followee_id):
                     await self._timelines.unmerge_from_timeline(
@@ -80,6 +79,15 @@ class Fanout:
                     )
             case FanoutModeChanged():
                 await self.change_fanout_mode(event)
+
+    async def merge_followee(self, event: Followed) -> None:
+        if not await self._follows.is_following(event.follower_id, event.followee_id):
+            return  # unfollowed again before this was processed
+        followee = await self._users.get(event.followee_id)
+        # A celebrity's tweets are merged at read time; pushing them would only duplicate
+        # that work and grow the timeline.
+        if followee is not None and not followee.is_celebrity:
+            await self._timelines.merge_into_timeline(event.follower_id, event.followee_id)
 
     def _active_since(self) -> datetime:
         return datetime.now(UTC) - self._active

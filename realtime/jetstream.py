@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -81,25 +81,51 @@ class NatsLink:
             if wait:
                 await self.ready.wait()
 
-    async def _try_connect(self) -> bool:
+    async def _answers(self) -> bool:
+        """A plain TCP probe, so a refused connection fails at once."""
+        parts = urlsplit(self._url)
         try:
-            self._client = await nats.connect(
-                servers=[self._url],
-                name=self._name,
-                connect_timeout=1,
-                reconnect_time_wait=0.5,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), 1.0
             )
-        except NATS_ERRORS as error:
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _try_connect(self) -> bool:
+        if not await self._answers():
+            log.warning("nats not answering", extra={"url": self._url})
+            return False
+        client = NatsClient()
+        try:
+            # nats-py retries the first connection forever when reconnects are unlimited,
+            # so bound it: a process must start (degraded) while NATS is down.
+            await asyncio.wait_for(self._connect(client), timeout=3)
+        except NATS_ERRORS as error:  # TimeoutError is one of them
+            with contextlib.suppress(*NATS_ERRORS):
+                await client.close()
             log.warning("nats connect failed", extra={"url": self._url, "error": repr(error)})
             return False
+        self._client = client
         await self._prepare()
         self.ready.set()
         return True
+
+    async def _connect(self, client: NatsClient) -> None:
+        await client.connect(
+            servers=[self._url],
+            name=self._name,
+            connect_timeout=1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; floats work
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
 
     async def _prepare(self) -> None:
         if self.on_connect is not None:

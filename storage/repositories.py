@@ -14,6 +14,7 @@ from domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from domain.events import Event, FanoutModeChanged, Followed, TweetDeleted, Unfollowed, encode_event
 from domain.model import Author, Media, Tweet, User
 from domain.rules import is_celebrity_after
+from storage.media_repo import attach_media
 from storage.postgres import Database
 
 USER_COLUMNS = (
@@ -122,6 +123,19 @@ class UserRepository:
         )
         return {r["id"]: Author(r["id"], r["username"], r["display_name"]) for r in rows}
 
+    async def all_ids(self, batch: int = 1000) -> AsyncIterator[int]:
+        """Every user id, by keyset pagination (no long transaction, no cursor)."""
+        last = 0
+        while True:
+            rows = await self._db.pool.fetch(
+                "SELECT id FROM users WHERE id > $1 ORDER BY id LIMIT $2", last, batch
+            )
+            for row in rows:
+                yield row["id"]
+            if len(rows) < batch:
+                return
+            last = rows[-1]["id"]
+
     async def touch_last_seen(self, user_id: int) -> None:
         await self._db.pool.execute("UPDATE users SET last_seen_at = now() WHERE id = $1", user_id)
 
@@ -215,6 +229,10 @@ class TweetRepository:
                 tweet.reply_to,
                 _media_encoder.encode(tweet.media).decode(),
             )
+            if tweet.media:
+                await attach_media(
+                    connection, tweet.author_id, tweet.id, [m.id for m in tweet.media]
+                )
             await connection.execute(
                 "UPDATE users SET tweets_count = tweets_count + 1 WHERE id = $1",
                 tweet.author_id,
@@ -233,6 +251,45 @@ class TweetRepository:
             f"SELECT {TWEET_COLUMNS} FROM tweets WHERE id = ANY($1::bigint[])", list(tweet_ids)
         )
         return {r["id"]: tweet_from_row(r) for r in rows}
+
+    # -- full scans for derived stores (search reindex and verify) ---------------------
+
+    async def live_after(self, after: int, limit: int) -> list[Tweet]:
+        """Live tweets with ids above `after`, oldest first: keyset pages, so a scan of
+        millions never uses OFFSET and never holds a long transaction."""
+        rows = await self._db.pool.fetch(
+            f"SELECT {TWEET_COLUMNS} FROM tweets WHERE id > $1 AND deleted_at IS NULL"
+            " ORDER BY id LIMIT $2",
+            after,
+            limit,
+        )
+        return [tweet_from_row(r) for r in rows]
+
+    async def live_ids_after(self, after: int, limit: int) -> list[int]:
+        rows = await self._db.pool.fetch(
+            "SELECT id FROM tweets WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2",
+            after,
+            limit,
+        )
+        return [r["id"] for r in rows]
+
+    async def count_live(self) -> int:
+        count: int = await self._db.pool.fetchval(
+            "SELECT count(*) FROM tweets WHERE deleted_at IS NULL"
+        )
+        return count
+
+    async def deleted_since(self, moment: datetime) -> list[int]:
+        rows = await self._db.pool.fetch("SELECT id FROM tweets WHERE deleted_at >= $1", moment)
+        return [r["id"] for r in rows]
+
+    async def sample_live(self, size: int) -> list[Tweet]:
+        rows = await self._db.pool.fetch(
+            f"SELECT {TWEET_COLUMNS} FROM tweets WHERE deleted_at IS NULL"
+            " ORDER BY random() LIMIT $1",
+            size,
+        )
+        return [tweet_from_row(r) for r in rows]
 
     async def delete(self, tweet_id: int, user_id: int, event_id: int) -> TweetDeleted:
         async with self._db.transaction() as connection:
@@ -255,7 +312,12 @@ class TweetRepository:
                     " WHERE id = $1 AND reply_count > 0",
                     row["reply_to"],
                 )
-            event = TweetDeleted(event_id=event_id, tweet_id=tweet_id, author_id=user_id)
+            event = TweetDeleted(
+                event_id=event_id,
+                tweet_id=tweet_id,
+                author_id=user_id,
+                reply_to=row["reply_to"],
+            )
             await insert_event(connection, event)
         return event
 

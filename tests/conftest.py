@@ -13,11 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from launcher.services import EmbeddedStack, ServiceUrls, ensure_database, ensure_services
 from realtime.fanout import Fanout
 from storage.postgres import migrate
-from tests.support import Api, running_app, running_fanout
+from storage.search_index import SearchUnavailable, TypesenseIndex
+from tests.support import Api, FanoutRun, running_app, running_fanout_run
 from web.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,12 @@ def base_settings(session_tag: str) -> Settings:
         var_dir=ROOT / "var",
         log_json=False,
         secret_key="test-secret",
+        # The session's own Typesense alias (and collections named after it).
+        search_collection=f"test_{session_tag}_tweets",
+        # Every test signs up from the same client address ("testclient"): per-address limits
+        # are lifted here, and the tests of the limits set their own small ones.
+        sign_ups_per_hour=1_000_000,
+        sign_in_attempts_per_minute=1_000,
     )
 
 
@@ -76,6 +84,18 @@ async def database(base_settings: Settings, stack: EmbeddedStack) -> AsyncIterat
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+    # Any test that searched or indexed left the session's Typesense alias and collections.
+    index = TypesenseIndex(
+        base_settings.typesense_url,
+        base_settings.typesense_api_key,
+        base_settings.search_collection,
+    )
+    try:
+        await index.drop_everything()
+    except SearchUnavailable:
+        pass  # a Typesense shared with other runs may be restarting; leftovers are harmless
+    finally:
+        await index.close()
 
 
 @pytest.fixture
@@ -90,6 +110,33 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def fanout(settings: Settings) -> AsyncIterator[Fanout]:
-    async with running_fanout(settings) as (worker, _, _):
-        yield worker
+async def fanout_run(settings: Settings) -> AsyncIterator[FanoutRun]:
+    """The fanout worker running in-process, with a way to wait until it has handled
+    everything the test wrote so far."""
+    async with running_fanout_run(settings) as run:
+        yield run
+
+
+@pytest.fixture
+async def fanout(fanout_run: FanoutRun) -> Fanout:
+    return fanout_run.fanout
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the session's Redis, for looking at Chirp's keys."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the session's database, for looking at rows."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -177,7 +177,8 @@ class UserController(Controller):
             viewer, username, before=parse_cursor(cursor), limit=parse_limit(limit)
         )
         return TweetListOut(
-            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
+            next_cursor=cursor_out(page.next_cursor),
         )
 
 
@@ -214,7 +215,7 @@ class TweetController(Controller):
             idempotency_key=idempotency_key,
         )
         return Response(
-            tweet_out(view),
+            tweet_out(view, chirp.media.url),
             status_code=201,
             headers=rate_limit_headers(decision.limit, decision.remaining, decision.reset),
         )
@@ -223,7 +224,7 @@ class TweetController(Controller):
     async def get_tweet(
         self, tweet_id: FromPath[str], chirp: ChirpDep, viewer: ViewerDep
     ) -> TweetOut:
-        return tweet_out(await chirp.tweet(viewer, parse_tweet_id(tweet_id)))
+        return tweet_out(await chirp.tweet(viewer, parse_tweet_id(tweet_id)), chirp.media.url)
 
     @delete("/{tweet_id:str}", status_code=204)
     async def delete_tweet(
@@ -244,7 +245,8 @@ class TweetController(Controller):
             viewer, parse_tweet_id(tweet_id), after=parse_cursor(cursor), limit=parse_limit(limit)
         )
         return TweetListOut(
-            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
+            next_cursor=cursor_out(page.next_cursor),
         )
 
     @post("/{tweet_id:str}/like", status_code=200)
@@ -287,5 +289,6 @@ class TimelineController(Controller):
             limit=parse_limit(limit),
         )
         return TweetListOut(
-            tweets=[tweet_out(v) for v in page.items], next_cursor=cursor_out(page.next_cursor)
+            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
+            next_cursor=cursor_out(page.next_cursor),
         )

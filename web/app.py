@@ -12,7 +12,7 @@ from typing import Any
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -22,11 +22,17 @@ from domain.errors import DomainError
 from realtime.live import LiveHub
 from web.api import AccountController, TimelineController, TweetController, UserController
 from web.container import Services, build_services, start_services, stop_services
+from web.csrf import csrf_guard
 from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
+from web.media_api import LocalMediaController, MediaController
+from web.page_live import home_socket
+from web.pages import not_found, pages_router
+from web.search_api import SearchController
 from web.services import Chirp, Principal
 from web.settings import Settings
 from web.stream_api import stream
+from web.templating import static_files_router, template_config
 
 log = logging.getLogger("chirp.web")
 
@@ -93,6 +99,12 @@ async def ready(state: State) -> Response[dict[str, str]]:
     except Exception:
         report["redis"] = "down"
     report["nats"] = "ok" if services.link.connected else "down"
+    report["typesense"] = "ok" if await services.search.healthy() else "down"
+    try:
+        media_ok = await asyncio.wait_for(services.media_store.ping(), 1.0)
+    except Exception:
+        media_ok = False
+    report["media"] = "ok" if media_ok else "down"
     # Only Postgres is indispensable: without Redis or NATS Chirp still serves, degraded.
     status = 503 if report["postgres"] != "ok" else 200
     return Response(report, status_code=status)
@@ -144,7 +156,16 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             TweetController,
             TimelineController,
             stream,
+            MediaController,
+            LocalMediaController,
+            SearchController,
+            pages_router(),
+            home_socket,
+            static_files_router(),
         ],
+        template_config=template_config(),
+        # Requests the session cookie would authenticate need the CSRF token (web/csrf.py).
+        guards=[csrf_guard],
         lifespan=[lifespan],
         dependencies={
             "chirp": Provide(provide_chirp),
@@ -154,6 +175,7 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
         exception_handlers={
             DomainError: handle_domain_error,
             HTTPException: handle_http_error,
+            NotFoundException: not_found,
             Exception: handle_unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
@@ -161,7 +183,14 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             title="Chirp API",
             version="1.0.0",
             path="/schema",
-            render_plugins=[RedocRenderPlugin(js_url="/static/vendor/redoc.standalone.js")],
+            # Everything from our own /static: no CDN, no web fonts (ui/static/vendor/).
+            render_plugins=[
+                RedocRenderPlugin(
+                    js_url="/static/vendor/redoc.standalone.js",
+                    google_fonts=False,
+                    favicon='<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">',
+                )
+            ],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer"),

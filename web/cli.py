@@ -18,6 +18,9 @@ def _settings() -> Settings:
 @click.group()
 def main() -> None:
     """Chirp: a Twitter-like service."""
+    from web.logs import configure_logging
+
+    configure_logging(_settings())
 
 
 @main.command()
@@ -69,6 +72,12 @@ def worker_fanout() -> None:
     _run_worker("fanout")
 
 
+@worker.command("search-indexer")
+def worker_search_indexer() -> None:
+    """Keep the Typesense index in step with new and deleted tweets."""
+    _run_worker("search-indexer")
+
+
 def _run_worker(name: str) -> None:
     import uvloop
 
@@ -115,6 +124,55 @@ def wait_for_health(url: str, *, timeout: float) -> bool:
     return False
 
 
+@main.group()
+def search() -> None:
+    """Search index maintenance (Typesense)."""
+
+
+@search.command("reindex")
+@click.option("--batch", default=1000, show_default=True, help="tweets per import")
+def search_reindex(batch: int) -> None:
+    """Rebuild the index from Postgres into a new collection, then switch the alias to it
+    (searches carry on throughout) and drop the old collection."""
+    from web.search_admin import reindex_search
+
+    report = asyncio.run(reindex_search(_settings(), batch_size=batch))
+    click.echo(
+        f"indexed {report.documents} tweets into {report.collection}"
+        + (f" (replacing {report.previous})" if report.previous else "")
+    )
+
+
+@search.command("verify")
+@click.option("--repair", is_flag=True, help="fix the drift found")
+@click.option("--sample", default=1000, show_default=True, help="documents sampled per side")
+@click.option("--full", is_flag=True, help="compare every id, even when the counts agree")
+def search_verify(repair: bool, sample: int, full: bool) -> None:
+    """Compare the index with Postgres (counts, schema, sampled documents) and report drift.
+    Exits 1 while drift remains."""
+    from web.search_admin import verify_search
+
+    clean = asyncio.run(
+        verify_search(_settings(), sample=sample, full=full, repair=repair, echo=click.echo)
+    )
+    if not clean:
+        sys.exit(1)
+
+
+@main.group()
+def media() -> None:
+    """Uploaded images."""
+
+
+@media.command("gc")
+def media_gc() -> None:
+    """Delete uploads never attached to a tweet within a day (object and row)."""
+    from web.media_service import collect_abandoned_uploads
+
+    count = asyncio.run(collect_abandoned_uploads(_settings()))
+    click.echo(f"removed {count} abandoned upload(s)")
+
+
 @main.command()
 def up() -> None:
     """Start everything on this machine: services (reused or embedded), migrations, web app,
@@ -145,6 +203,7 @@ def up() -> None:
         commands = [
             ("web", [*me, "serve"]),
             ("fanout", [*me, "worker", "fanout"]),
+            ("search-indexer", [*me, "worker", "search-indexer"]),
         ]
 
         def announce() -> None:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from domain.ids import IdGenerator
+from domain.ports import MediaStore
 from realtime.jetstream import JetStreamPublisher, NatsLink, StreamNames, ensure_streams
 from realtime.live import Presence
 from realtime.relay import OutboxRelay
 from storage.hydrate import TweetReader
+from storage.media_repo import MediaRepository
 from storage.postgres import Database
 from storage.redis_store import (
     RedisBreaker,
@@ -33,7 +35,10 @@ from storage.repositories import (
     TweetRepository,
     UserRepository,
 )
+from storage.search_index import TypesenseIndex
+from storage.search_sync import SearchSync
 from storage.timeline import HomeTimeline
+from web.media_setup import build_media_store
 from web.settings import Settings
 
 log = logging.getLogger("chirp")
@@ -57,10 +62,14 @@ class Services:
     store: RedisTimelineStore
     reader: TweetReader
     timelines: HomeTimeline
+    search: TypesenseIndex
+    search_sync: SearchSync
     publisher: JetStreamPublisher
     relay: OutboxRelay
     rate_limiter: RedisRateLimiter
     presence: Presence
+    media_store: MediaStore
+    media: MediaRepository
 
 
 def build_services(settings: Settings, *, process_name: str) -> Services:
@@ -90,6 +99,12 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         breaker,
     )
     publisher = JetStreamPublisher(link, names)
+    search = TypesenseIndex(
+        settings.typesense_url,
+        settings.typesense_api_key,
+        settings.search_collection,
+        timeout=settings.search_timeout,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -107,15 +122,20 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         store=store,
         reader=reader,
         timelines=HomeTimeline(store, tweets, follows, reader, breaker),
+        search=search,
+        search_sync=SearchSync(tweets, users, search),
         publisher=publisher,
         relay=OutboxRelay(link, publisher, db, outbox),
         rate_limiter=RedisRateLimiter(redis, keys),
         presence=Presence(redis, keys),
+        media_store=build_media_store(settings),
+        media=MediaRepository(db),
     )
 
 
 async def start_services(services: Services, *, wait_for_nats: bool = False) -> None:
     await services.db.start()
+    await services.media_store.start()
 
     async def prepare_streams() -> None:
         await ensure_streams(
@@ -130,6 +150,7 @@ async def start_services(services: Services, *, wait_for_nats: bool = False) -> 
 
 async def stop_services(services: Services) -> None:
     await services.link.stop()
+    await services.search.close()
     await services.redis.aclose()
     await services.db.stop()
 

@@ -57,6 +57,7 @@ def handle_domain_error(
     headers: dict[str, str] = {}
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(max(1, error.retry_after))
+        headers.update(rate_limit_headers(error.limit, 0, max(1, error.retry_after)))
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return error_response(status, error.detail, headers=headers)

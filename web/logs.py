@@ -48,8 +48,12 @@ def logging_config(settings: Settings) -> dict[str, object]:
         "handlers": {"chirp": handler},
         "root": {"handlers": ["chirp"], "level": level},
         "loggers": {
-            name: {"handlers": ["chirp"], "level": level, "propagate": False}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "piccolo")
+            **{
+                name: {"handlers": ["chirp"], "level": level, "propagate": False}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "piccolo")
+            },
+            # httpx logs every request at INFO: each search and index call to Typesense.
+            "httpx": {"level": "WARNING"},
         },
     }
 

@@ -4,11 +4,16 @@ with milliseconds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
 
-from domain.model import TweetView, User
+from domain.model import Media, TweetView, User
+
+# How a renderer gets a reader's URL for a tweet's image (`Chirp.media.url`): signing belongs
+# to the media store, which only the composition root knows.
+MediaUrl = Callable[[Media], str]
 
 
 def format_time(moment: datetime) -> str:
@@ -108,7 +113,25 @@ def user_out(user: User, following: bool = False) -> UserOut:
     )
 
 
-def tweet_out(view: TweetView) -> TweetOut:
+class MediaIn(msgspec.Struct):
+    content_type: str
+    size: int
+    alt: str | None = None
+
+
+class UploadOut(msgspec.Struct):
+    method: str
+    url: str
+    headers: dict[str, str]
+
+
+class MediaCreatedOut(msgspec.Struct):
+    media_id: str
+    upload: UploadOut
+    expires_at: str
+
+
+def tweet_out(view: TweetView, media_url: MediaUrl) -> TweetOut:
     tweet = view.tweet
     return TweetOut(
         id=str(tweet.id),
@@ -120,7 +143,10 @@ def tweet_out(view: TweetView) -> TweetOut:
             display_name=view.author.display_name,
         ),
         reply_to=str(tweet.reply_to) if tweet.reply_to is not None else None,
-        media=[],
+        media=[
+            MediaOut(id=str(m.id), url=media_url(m), content_type=m.content_type, alt=m.alt)
+            for m in tweet.media
+        ],
         like_count=tweet.like_count,
         reply_count=tweet.reply_count,
         liked=view.liked,

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from domain.errors import InvalidInput, NotFound, RateLimited, Unauthorized
+from domain.errors import NotFound, RateLimited, Unauthorized
 from domain.events import Event, TweetDeleted, TweetPosted
+from domain.media import validate_media_ids
 from domain.model import Tweet, TweetView, User
 from domain.rules import (
     ensure_not_self_follow,
@@ -27,6 +28,7 @@ from domain.timeline import page_cursor
 from storage.redis_store import REDIS_ERRORS, RateLimitDecision
 from storage.timeline import HomePage
 from web.container import Services
+from web.media_service import MediaService
 from web.security import hash_password, hash_token, needs_rehash, new_token, verify_password
 
 log = logging.getLogger("chirp.services")
@@ -54,6 +56,7 @@ class TweetPage(msgspec.Struct, frozen=True):
 class Chirp:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.media = MediaService(services)
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -74,13 +77,21 @@ class Chirp:
     ) -> RateLimitDecision:
         decision = await self.s.rate_limiter.hit(name, subject, limit=limit, window=window)
         if not decision.allowed:
-            raise RateLimited(f"rate limit exceeded: {limit} per {window} seconds", decision.reset)
+            raise RateLimited(
+                f"rate limit exceeded: {limit} per {window} seconds", decision.reset, limit
+            )
         return decision
 
     # -- accounts ----------------------------------------------------------------------
 
     async def sign_up(
-        self, username: str, password: str, display_name: str | None, client: str
+        self,
+        username: str,
+        password: str,
+        display_name: str | None,
+        client: str,
+        *,
+        browser: bool = False,
     ) -> tuple[User, str]:
         validate_username(username)
         validate_password(password)
@@ -89,9 +100,12 @@ class Chirp:
         user = await self.s.users.create(
             self.s.ids.next_id(), username, name, await hash_password(password)
         )
-        return user, await self.issue_token(user.id, "api")
+        return user, await self.issue_token(user.id, "session" if browser else "api")
 
-    async def sign_in(self, username: str, password: str, client: str) -> tuple[User, str]:
+    async def sign_in(
+        self, username: str, password: str, client: str, *, browser: bool = False
+    ) -> tuple[User, str]:
+        """`browser`: the token is for a session cookie, so it expires (API tokens do not)."""
         limit = self.s.settings.sign_in_attempts_per_minute
         await self._limit("signin-user", username.lower()[:64], limit=limit, window=60)
         await self._limit("signin-addr", client, limit=limit * 3, window=60)
@@ -101,7 +115,7 @@ class Chirp:
         user, stored_hash = found
         if needs_rehash(stored_hash):
             await self.s.users.set_password_hash(user.id, await hash_password(password))
-        return user, await self.issue_token(user.id, "api")
+        return user, await self.issue_token(user.id, "session" if browser else "api")
 
     async def issue_token(self, user_id: int, kind: str) -> str:
         token = new_token()
@@ -198,17 +212,18 @@ class Chirp:
         author = principal.user
         clean_text = normalize_tweet_text(text)
         key = validate_idempotency_key(idempotency_key)
-        if media_ids:
-            raise InvalidInput("media are not supported yet")
+        validate_media_ids(media_ids or [])
         decision = await self._limit(
             "tweets", str(author.id), limit=self.s.settings.tweets_per_hour, window=3600
         )
+        media = await self.media.prepare(author.id, media_ids or [])
         tweet = Tweet(
             id=self.s.ids.next_id(),
             author_id=author.id,
             text=clean_text,
             created_at=datetime.now(UTC),
             reply_to=reply_to,
+            media=media,
         )
         event = TweetPosted(
             event_id=self.s.ids.next_id(), tweet_id=tweet.id, author_id=author.id, reply_to=reply_to
@@ -233,7 +248,9 @@ class Chirp:
         event: TweetDeleted = await self.s.tweets.delete(
             tweet_id, principal.user.id, self.s.ids.next_id()
         )
-        await self.s.reader.forget_tweets([tweet_id])
+        # The parent's reply count changed too.
+        forget = [tweet_id] if event.reply_to is None else [tweet_id, event.reply_to]
+        await self.s.reader.forget_tweets(forget)
         await self._best_effort(self.s.store.unpush_from_timelines([principal.user.id], [tweet_id]))
         await self._best_effort(self.s.store.unpush_from_author(principal.user.id, tweet_id))
         self._publish([event])

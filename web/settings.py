@@ -18,6 +18,11 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     typesense_url: str = "http://127.0.0.1:8108"
     typesense_api_key: str = "chirp-local-key"
+    # The Typesense alias searches and the indexer use; collections behind it are named
+    # `<alias>_<when built>`. Tests set their own so they never touch a running instance's.
+    search_collection: str = "tweets"
+    # A search that Typesense has not answered by then gets a 503.
+    search_timeout: float = 2.0
     # Followers above which an author's tweets are merged at read time instead of pushed.
     celebrity_threshold: int = 10_000
     # An author stops being a celebrity only below threshold * (1 - hysteresis).
@@ -46,6 +51,25 @@ class Settings:
     log_json: bool = True
     tweet_cache_ttl: int = 24 * 3600
     db_pool_size: int = 10
+    # Where uploaded images live: "local" (files under media_dir, served by the app through
+    # signed URLs; the default for `make run`) or "s3" (MinIO or any S3, settings below).
+    media_store: str = "local"
+    # Empty means var_dir/media.
+    media_dir: str = ""
+    # host:port or a URL (its scheme then decides TLS, overriding s3_secure).
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "chirp-media"
+    # Given explicitly so that presigning needs no request to the server.
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    # Where clients reach the store, when that differs from where the app does (compose:
+    # the app calls minio:9000, browsers call localhost:9000). Presigned URLs name this host.
+    s3_public_endpoint: str = ""
+    # When set, readers get `<base>/<key>` (a CDN or a public-read bucket) instead of
+    # presigned read URLs.
+    media_public_base_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

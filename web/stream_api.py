@@ -12,16 +12,20 @@ from domain.ids import parse_id
 from domain.model import TweetView
 from realtime.live import LiveHub
 from web.live import POLICY_VIOLATION, origin_allowed, run_session
-from web.schemas import tweet_out
+from web.schemas import MediaUrl, tweet_out
 from web.services import Chirp
 
 _encoder = msgspec.json.Encoder()
 
 
 class JsonRenderer:
+    def __init__(self, media_url: MediaUrl) -> None:
+        self._media_url = media_url
+
     def tweets(self, views: list[TweetView]) -> str:
         return "".join(
-            _encoder.encode({"event": "tweet", "tweet": tweet_out(v)}).decode() for v in views
+            _encoder.encode({"event": "tweet", "tweet": tweet_out(v, self._media_url)}).decode()
+            for v in views
         )
 
     def deleted(self, tweet_id: int) -> str:
@@ -45,4 +49,6 @@ async def stream(socket: WebSocket[Any, Any, Any], state: State) -> None:
     if raw_since and since_id is None:
         await socket.close(code=POLICY_VIOLATION, reason="since_id is not valid")
         return
-    await run_session(socket, chirp, hub, principal, since_id, socket.send_text, JsonRenderer())
+    await run_session(
+        socket, chirp, hub, principal, since_id, socket.send_text, JsonRenderer(chirp.media.url)
+    )

@@ -9,6 +9,12 @@ import signal
 
 from realtime.consumer import EventConsumer
 from realtime.fanout import Fanout
+from realtime.indexer import (
+    TRANSIENT_ERRORS,
+    IndexerTuning,
+    SearchIndexer,
+    search_indexer_consumer,
+)
 from realtime.live import LivePublisher
 from web.container import Services, provide_services
 from web.settings import Settings
@@ -30,6 +36,14 @@ def fanout_consumer(services: Services) -> tuple[EventConsumer, Fanout]:
     return EventConsumer(services.link, services.names, "fanout", fanout.handle), fanout
 
 
+def search_indexer(
+    services: Services, tuning: IndexerTuning | None = None
+) -> tuple[EventConsumer, SearchIndexer]:
+    indexer = SearchIndexer(services.search_sync)
+    consumer = search_indexer_consumer(services.link, services.names, indexer, tuning)
+    return consumer, indexer
+
+
 async def run_worker(settings: Settings, name: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -39,6 +53,13 @@ async def run_worker(settings: Settings, name: str) -> None:
     async with provide_services(settings, process_name=f"chirp-{name}") as services:
         if name == "fanout":
             consumer, _ = fanout_consumer(services)
+        elif name == "search-indexer":
+            consumer, indexer = search_indexer(services)
+            try:
+                await indexer.reconcile()
+            except TRANSIENT_ERRORS as error:
+                # Typesense or Postgres is not up yet: the first batch reconciles instead.
+                log.warning("search reconcile at start failed", extra={"error": repr(error)})
         else:
             raise SystemExit(f"unknown worker {name!r}")
         log.info("worker started", extra={"worker": name})
