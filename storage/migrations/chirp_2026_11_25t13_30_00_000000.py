@@ -1,5 +1,7 @@
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 
+from storage.raw_migration import sql_migration
+
 ID = "2026-11-25T13:30:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "users, tokens, tweets, follows, likes, outbox, idempotency keys"
@@ -88,32 +90,5 @@ DROP TABLE IF EXISTS idempotency_keys, outbox, likes, follows, tweets, access_to
 """
 
 
-async def run_sql(sql: str) -> None:
-    """Runs several statements at once, inside the migration's own transaction so that the
-    schema and Piccolo's record of this migration commit together."""
-    from storage.piccolo_conf import DB
-
-    transaction = DB.current_transaction.get()
-    if transaction is not None:
-        await transaction.connection.execute(sql)
-        return
-    connection = await DB.get_new_connection()
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="chirp", description=DESCRIPTION)
-
-
-    async def create_schema() -> None:
-        await run_sql(SCHEMA)
-
-    async def drop_schema() -> None:
-        await run_sql(DROP)
-
-    manager.add_raw(create_schema)
-    manager.add_raw_backwards(drop_schema)
-    return manager
+    return sql_migration(ID, DESCRIPTION, SCHEMA, DROP)
