@@ -53,7 +53,7 @@ fmt: uv
 
 bench: uv
 	@if [ -f bench/__main__.py ]; then \
-		"$(UV)" run python -m bench; \
+		"$(UV)" run --group bench python -m bench $(BENCH_ARGS); \
 	else \
 		echo "no benchmarks exist yet (bench/__main__.py is missing)"; \
 	fi

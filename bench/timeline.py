@@ -1,0 +1,92 @@
+"""Timeline reads against a real `chirp serve`: throughput and p50/p99 against concurrency for
+`GET /health` (the framework's ceiling: same server, same client, no I/O), the home timeline
+on the Redis path, and the home timeline on the Postgres-only fallback (the same server
+pointed at a Redis that does not answer). Then the Redis path at 80% of its peak, open loop,
+for the p99 budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import get_request, log, run_load, serving
+from bench.context import Context
+from bench.report import Report
+from launcher.process import free_port
+
+LEVELS = [1, 4, 16, 64]
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    report = Report("timeline", ctx.size)
+    tokens = list(ctx.graph.tokens.values())
+    health = get_request("/health")
+    timeline = [get_request("/api/v1/timeline?limit=20", t) for t in tokens]
+
+    def next_timeline(n: int) -> bytes:
+        return timeline[n % len(timeline)]
+
+    curves: dict[str, list[dict[str, Any]]] = {"health": [], "timeline": [], "fallback": []}
+    async with serving(ctx.settings, ctx.web_processes) as s:
+        log(f"warming {len(tokens)} timelines (first read rebuilds each from Postgres)")
+        warm = await run_load(
+            s.host, s.port, next_timeline, concurrency=8, seconds=600, rate=None, limit=len(tokens)
+        )
+        log(f"  {warm.requests} warmed, {warm.errors} errors")
+        for level in LEVELS:
+            for name, req in (("health", lambda n: health), ("timeline", next_timeline)):
+                r = await run_load(s.host, s.port, req, concurrency=level, seconds=ctx.step)
+                curves[name].append(r.summary())
+                log(
+                    f"  {name:<9} c={level:<3} {r.throughput:>8,.0f}/s"
+                    f" p99 {r.summary()['p99_ms']} ms"
+                )
+        peak = max(c["rps"] for c in curves["timeline"])
+        at80 = await run_load(
+            s.host, s.port, next_timeline, concurrency=64, seconds=ctx.step * 2, rate=0.8 * peak
+        )
+        log(f"  timeline at 80% of peak ({0.8 * peak:,.0f}/s): {at80.summary()}")
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    async with serving(ctx.settings.with_overrides(redis_url=dead_redis), ctx.web_processes) as s:
+        for level in LEVELS:
+            r = await run_load(s.host, s.port, next_timeline, concurrency=level, seconds=ctx.step)
+            curves["fallback"].append(r.summary())
+            log(f"  fallback  c={level:<3} {r.throughput:>8,.0f}/s p99 {r.summary()['p99_ms']} ms")
+
+    health_peak = max(c["rps"] for c in curves["health"])
+    fallback_peak = max(c["rps"] for c in curves["fallback"])
+    report.columns = ["path", "conc", "req/s", "p50 ms", "p99 ms", "errors"]
+    for name, points in curves.items():
+        for p in points:
+            report.rows.append(
+                [name, p["concurrency"], p["rps"], p["p50_ms"], p["p99_ms"], p["errors"]]
+            )
+    a = at80.summary()
+    report.rows.append(["timeline@80%", 64, a["rps"], a["p50_ms"], a["p99_ms"], a["errors"]])
+    report.target("timeline / trivial endpoint throughput", peak / health_peak, 0.5, "min")
+    report.target("timeline p99 at 80% of peak", a["p99_ms"], 50, "max", " ms")
+    report.target("Redis path / Postgres fallback throughput", peak / fallback_peak, 5, "min", "x")
+    report.data = {
+        "web_processes": ctx.web_processes,
+        "readers": len(tokens),
+        "curves": curves,
+        "at_80_percent": a,
+        "peaks": {"health": health_peak, "timeline": peak, "fallback": fallback_peak},
+    }
+
+    def plot(figure: Any) -> None:
+        left, right = figure.subplots(1, 2)
+        for name, points in curves.items():
+            xs = [p["concurrency"] for p in points]
+            left.plot(xs, [p["rps"] for p in points], marker="o", label=name)
+            right.plot(xs, [p["p99_ms"] for p in points], marker="o", label=name)
+        right.axhline(50, color="grey", linestyle="--", label="p99 budget")
+        for ax, label in ((left, "requests/s"), (right, "p99 ms")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent connections")
+            ax.set_ylabel(label)
+            ax.legend()
+        right.set_yscale("log")
+
+    report.plot = plot
+    return report.finish()
