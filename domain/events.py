@@ -10,6 +10,9 @@ import msgspec
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     event_id: int
+    # The id of the request that caused it (X-Request-ID), so the workers' log lines about
+    # it can be found with the web app's; absent from events written before it existed.
+    request_id: str | None = None
     # The name after the subject prefix, e.g. "tweet.posted" → subject "chirp.tweet.posted".
     kind: ClassVar[str]
 

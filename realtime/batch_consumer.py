@@ -29,6 +29,8 @@ from nats.js.api import ConsumerConfig
 from domain.events import AnyEvent, decode_event
 from realtime.consumer import EventConsumer
 from realtime.jetstream import NatsLink, StreamNames
+from storage.metrics import EVENTS_HANDLED
+from storage.request_id import bound_request_id
 
 log = logging.getLogger("chirp.consumer")
 
@@ -131,18 +133,21 @@ class BatchEventConsumer(EventConsumer):
             if reason is None:
                 await message.ack()
                 self.handled += 1
+                EVENTS_HANDLED.labels(consumer=self.durable, result="ok").inc()
                 continue
             self.failed += 1
+            EVENTS_HANDLED.labels(consumer=self.durable, result="failed").inc()
             delivered = message.metadata.num_delivered
-            log.warning(
-                "event rejected",
-                extra={
-                    "consumer": self.durable,
-                    "event_id": event.event_id,
-                    "delivered": delivered,
-                    "reason": reason,
-                },
-            )
+            with bound_request_id(event.request_id):
+                log.warning(
+                    "event rejected",
+                    extra={
+                        "consumer": self.durable,
+                        "event_id": event.event_id,
+                        "delivered": delivered,
+                        "reason": reason,
+                    },
+                )
             if delivered >= self._max_deliver:
                 await self._dead_letter(message, reason)
             else:
@@ -153,7 +158,11 @@ class BatchEventConsumer(EventConsumer):
         attempt = 0
         while True:
             try:
-                return dict(await self._batch_handler([event for _, event in batch]))
+                # A batch of one (the usual case when traffic is light) is handled with its
+                # request id current, like any other consumer's events; a larger batch mixes
+                # several requests, so its log lines name none.
+                with bound_request_id(batch[0][1].request_id if len(batch) == 1 else None):
+                    return dict(await self._batch_handler([event for _, event in batch]))
             except self._transient as error:
                 attempt += 1
                 self.held_retries += 1

@@ -15,6 +15,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from domain.events import AnyEvent, decode_event
 from realtime.jetstream import NATS_ERRORS, NatsLink, StreamNames
+from storage.metrics import EVENTS_HANDLED
+from storage.request_id import bound_request_id
 
 log = logging.getLogger("chirp.consumer")
 
@@ -102,27 +104,31 @@ class EventConsumer:
             log.exception("undecodable event", extra={"subject": message.subject})
             await self._dead_letter(message, "undecodable")
             return
-        try:
-            await self._handler(event)
-        except Exception as error:
-            self.failed += 1
-            delivered = message.metadata.num_delivered
-            log.exception(
-                "event handler failed",
-                extra={
-                    "consumer": self.durable,
-                    "event_id": event.event_id,
-                    "delivered": delivered,
-                },
-            )
-            if delivered >= self._max_deliver:
-                await self._dead_letter(message, repr(error))
-            else:
-                # Exponential backoff, capped: a dependency outage is not hammered.
-                await message.nak(delay=min(30.0, 0.5 * 2 ** (delivered - 1)))
-            return
+        # The request that caused the event, in every log line written while handling it.
+        with bound_request_id(event.request_id):
+            try:
+                await self._handler(event)
+            except Exception as error:
+                self.failed += 1
+                EVENTS_HANDLED.labels(consumer=self.durable, result="failed").inc()
+                delivered = message.metadata.num_delivered
+                log.exception(
+                    "event handler failed",
+                    extra={
+                        "consumer": self.durable,
+                        "event_id": event.event_id,
+                        "delivered": delivered,
+                    },
+                )
+                if delivered >= self._max_deliver:
+                    await self._dead_letter(message, repr(error))
+                else:
+                    # Exponential backoff, capped: a dependency outage is not hammered.
+                    await message.nak(delay=min(30.0, 0.5 * 2 ** (delivered - 1)))
+                return
         await message.ack()
         self.handled += 1
+        EVENTS_HANDLED.labels(consumer=self.durable, result="ok").inc()
 
     async def _dead_letter(self, message: Msg, reason: str) -> None:
         await self._link.js.publish(
@@ -132,3 +138,4 @@ class EventConsumer:
         )
         await message.ack()
         self.dead_lettered += 1
+        EVENTS_HANDLED.labels(consumer=self.durable, result="dead_letter").inc()

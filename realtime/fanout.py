@@ -21,9 +21,12 @@ from domain.events import (
 )
 from domain.ids import id_timestamp_ms
 from realtime.live import LiveEvent, LivePublisher
+from storage.fanout_log import FanoutLog, FanoutRecord
 from storage.hydrate import TweetReader
-from storage.redis_store import RedisTimelineStore
+from storage.metrics import FANOUT_LAG_SECONDS, FANOUT_TWEETS
+from storage.redis_store import REDIS_ERRORS, RedisTimelineStore
 from storage.repositories import FollowRepository, TweetRepository, UserRepository
+from storage.request_id import current_request_id
 from storage.timeline import HomeTimeline
 
 log = logging.getLogger("chirp.fanout")
@@ -51,6 +54,7 @@ class Fanout:
         active_days: int,
         chunk_size: int = 1000,
         mode_change_backfill: int = 50,
+        fanout_log: FanoutLog | None = None,
     ) -> None:
         self._store = store
         self._timelines = timelines
@@ -62,6 +66,7 @@ class Fanout:
         self._active = timedelta(days=active_days)
         self._chunk_size = chunk_size
         self._mode_change_backfill = mode_change_backfill
+        self._fanout_log = fanout_log
         self.stats = FanoutStats()
 
     async def handle(self, event: AnyEvent) -> None:
@@ -93,6 +98,7 @@ class Fanout:
         return datetime.now(UTC) - self._active
 
     async def fan_out_tweet(self, event: TweetPosted) -> None:
+        started = time.perf_counter()
         tweet = await self._tweets.get(event.tweet_id)
         if tweet is None or tweet.deleted:
             return
@@ -108,23 +114,56 @@ class Fanout:
             # One message for every app process with a follower of this author connected.
             await self._live.to_author_followers(live)
             self.stats.celebrity_skips += 1
+            await self._record(tweet.id, "celebrity", 0, started)
             return
-        await self.push_to_followers(author.id, [tweet.id], live)
+        written = await self.push_to_followers(author.id, [tweet.id], live)
         self.stats.tweets_fanned_out += 1
         self.stats.last_lag_ms = time.time() * 1000 - id_timestamp_ms(tweet.id)
+        await self._record(tweet.id, "push", written, started)
+
+    async def _record(self, tweet_id: int, mode: str, followers: int, started: float) -> None:
+        """Metrics, a log line and the operators' record (`fo:{tweet_id}`) of one fanout."""
+        lag = max(0.0, time.time() - id_timestamp_ms(tweet_id) / 1000)
+        seconds = time.perf_counter() - started
+        FANOUT_TWEETS.labels(mode=mode).inc()
+        if mode == "push":
+            FANOUT_LAG_SECONDS.observe(lag)
+        log.debug(
+            "tweet fanned out",
+            extra={"tweet_id": tweet_id, "mode": mode, "followers": followers, "lag": lag},
+        )
+        if self._fanout_log is None:
+            return
+        entry = FanoutRecord(
+            tweet_id=tweet_id,
+            mode=mode,
+            followers=followers,
+            seconds=seconds,
+            lag_seconds=lag,
+            at=time.time(),
+            request_id=current_request_id(),
+        )
+        try:
+            await self._fanout_log.record(entry)
+        except REDIS_ERRORS as error:  # history only: never worth failing the event
+            log.warning("fanout record failed", extra={"error": repr(error)})
 
     async def push_to_followers(
         self, author_id: int, tweet_ids: list[int], live: LiveEvent | None = None
-    ) -> None:
+    ) -> int:
+        """Returns how many follower timelines were written."""
+        written = 0
         async for chunk in self._follows.active_follower_chunks(
             author_id, self._active_since(), self._chunk_size
         ):
             await self._store.push_to_timelines(chunk, tweet_ids)
+            written += len(chunk)
             self.stats.timeline_writes += len(chunk) * len(tweet_ids)
             # Only after the timelines hold it: a socket that reconnects and reads its
             # timeline must find what it was not sent live.
             if live is not None:
                 await self._live.to_online_users(chunk, live)
+        return written
 
     async def fan_out_deletion(self, event: TweetDeleted) -> None:
         # The cache first: from then on every read drops the tweet, whatever the sets hold.

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from nats.aio.subscription import Subscription
 
 from realtime.jetstream import NATS_ERRORS, NatsLink, StreamNames
+from storage.metrics import WEBSOCKETS_OPEN
 from storage.redis_store import REDIS_ERRORS, RedisKeys
 
 log = logging.getLogger("chirp.live")
@@ -159,9 +160,11 @@ class LiveHub:
             self._users[user_id] = self._users.get(user_id, 0) + 1
         with contextlib.suppress(*REDIS_ERRORS):
             await self._presence.mark_online([user_id])
+        WEBSOCKETS_OPEN.inc()
         try:
             yield listener
         finally:
+            WEBSOCKETS_OPEN.dec()
             async with self._lock:
                 for subject in subjects:
                     await self._remove(subject, listener)

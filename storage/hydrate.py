@@ -3,10 +3,12 @@ Postgres in one query, then cached), their authors likewise, and the reader's li
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from domain.model import Author, Tweet, TweetView
+from storage.metrics import CACHE_REQUESTS
 from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisObjectCache
 from storage.repositories import TweetRepository, UserRepository
 
@@ -66,17 +68,21 @@ class TweetReader:
         return await self.render(viewer_id, shown)
 
     async def render(self, viewer_id: int | None, tweets: Sequence[Tweet]) -> list[TweetView]:
-        authors = await self.authors(list({t.author_id for t in tweets}))
-        liked = (
-            await self._tweets.liked_among(viewer_id, [t.id for t in tweets])
-            if viewer_id is not None
-            else set()
+        # Independent lookups (Redis and Postgres): one round trip of latency, not two.
+        authors, liked = await asyncio.gather(
+            self.authors(list({t.author_id for t in tweets})),
+            self._liked(viewer_id, [t.id for t in tweets]),
         )
         return [
             TweetView(tweet=t, author=authors[t.author_id], liked=t.id in liked)
             for t in tweets
             if t.author_id in authors
         ]
+
+    async def _liked(self, viewer_id: int | None, tweet_ids: list[int]) -> set[int]:
+        if viewer_id is None or not tweet_ids:
+            return set()
+        return await self._tweets.liked_among(viewer_id, tweet_ids)
 
     async def forget_tweets(self, ids: Sequence[int]) -> None:
         """Drops cached copies after a change (likes, replies, deletion)."""
@@ -105,6 +111,11 @@ class TweetReader:
             return {}
         self.hits += len(found)
         self.misses += len(ids) - len(found)
+        name = "tweet" if cache is self._tweet_cache else "author"
+        if found:
+            CACHE_REQUESTS.labels(cache=name, result="hit").inc(len(found))
+        if len(ids) > len(found):
+            CACHE_REQUESTS.labels(cache=name, result="miss").inc(len(ids) - len(found))
         return found
 
     async def _store(self, cache: RedisObjectCache[Any], objects: dict[int, Any]) -> None:

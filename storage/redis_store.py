@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from domain.ids import encode_member
 from domain.model import Author, Tweet
+from storage.metrics import RATE_LIMIT_REJECTIONS
 
 SENTINEL = encode_member(0)
 
@@ -64,6 +65,12 @@ class RedisKeys:
     def rate(self, name: str, subject: str, window: int) -> str:
         return f"{self.prefix}rl:{name}:{subject}:{window}"
 
+    def fanout(self, tweet_id: int) -> str:
+        return f"{self.prefix}fo:{tweet_id}"
+
+    def fanout_recent(self) -> str:
+        return f"{self.prefix}fo:recent"
+
 
 def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""
@@ -83,6 +90,23 @@ return 1
 """
 
 
+# Every key: ZADD the members (score 0), then trim to the cap above the sentinel.
+_PUSH_MANY = """
+local members = {}
+for j = 2, #ARGV do
+  members[#members + 1] = 0
+  members[#members + 1] = ARGV[j]
+end
+if #members == 0 then return 0 end
+local trim = -(tonumber(ARGV[1]) + 1)
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], unpack(members))
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 1, trim)
+end
+return #KEYS
+"""
+
+
 class TimelinePage(msgspec.Struct, frozen=True):
     ids: list[int]
     # The set was trimmed to its cap: older entries exist only in Postgres.
@@ -98,6 +122,7 @@ class RedisTimelineStore:
         self.max_entries = max_entries
         self._ttl = ttl
         self._push_if_complete = client.register_script(_PUSH_IF_COMPLETE)
+        self._push_many = client.register_script(_PUSH_MANY)
 
     async def _page(
         self, key: str, before: int | None, after: int | None, count: int
@@ -162,15 +187,17 @@ class RedisTimelineStore:
         await self._redis.expire(self._keys.timeline(user_id), self._ttl)
 
     async def push_to_timelines(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        """One pipeline for a chunk of followers: add, then trim to the cap (rank 0 is the
-        sentinel, so trimming starts at rank 1)."""
-        members = {encode_member(t): 0 for t in tweet_ids}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                key = self._keys.timeline(user_id)
-                pipe.zadd(key, members)
-                pipe.zremrangebyrank(key, 1, -(self.max_entries + 1))
-            await pipe.execute()
+        """One script call for a chunk of followers: add, then trim to the cap (rank 0 is the
+        sentinel, so trimming starts at rank 1). A pipeline of ZADD + ZREMRANGEBYRANK per
+        follower spent its time packing commands in Python: 24k inserts/s against 163k/s
+        for this (bench/fanout.py). On Redis Cluster the keys of one call must share a slot:
+        chunk by slot there."""
+        if not user_ids:
+            return
+        await self._push_many(
+            keys=[self._keys.timeline(u) for u in user_ids],
+            args=[self.max_entries, *(encode_member(t) for t in tweet_ids)],
+        )
 
     async def unpush_from_timelines(
         self, user_ids: Sequence[int], tweet_ids: Sequence[int]
@@ -269,6 +296,8 @@ class RedisRateLimiter:
                 count, _ = await pipe.execute()
         except REDIS_ERRORS:
             count = self._hit_locally(key, window_start)
+        if count > limit:
+            RATE_LIMIT_REJECTIONS.labels(limit=name).inc()
         return RateLimitDecision(
             allowed=count <= limit, limit=limit, remaining=max(0, limit - count), reset=reset
         )

@@ -16,6 +16,7 @@ from domain.model import Author, Media, Tweet, User
 from domain.rules import is_celebrity_after
 from storage.media_repo import attach_media
 from storage.postgres import Database
+from storage.request_id import current_request_id
 
 USER_COLUMNS = (
     "id, username, display_name, bio, created_at, followers_count, following_count,"
@@ -317,6 +318,7 @@ class TweetRepository:
                 tweet_id=tweet_id,
                 author_id=user_id,
                 reply_to=row["reply_to"],
+                request_id=current_request_id(),
             )
             await insert_event(connection, event)
         return event
@@ -422,7 +424,12 @@ class FollowRepository:
             if created is None:
                 return []
             events: list[Event] = [
-                Followed(event_id=event_ids[0], follower_id=follower_id, followee_id=followee_id)
+                Followed(
+                    event_id=event_ids[0],
+                    follower_id=follower_id,
+                    followee_id=followee_id,
+                    request_id=current_request_id(),
+                )
             ]
             await self._count_follow(connection, follower_id, followee_id, +1, event_ids, events)
             for event in events:
@@ -441,7 +448,12 @@ class FollowRepository:
             if removed is None:
                 return []
             events: list[Event] = [
-                Unfollowed(event_id=event_ids[0], follower_id=follower_id, followee_id=followee_id)
+                Unfollowed(
+                    event_id=event_ids[0],
+                    follower_id=follower_id,
+                    followee_id=followee_id,
+                    request_id=current_request_id(),
+                )
             ]
             await self._count_follow(connection, follower_id, followee_id, -1, event_ids, events)
             for event in events:
@@ -477,7 +489,12 @@ class FollowRepository:
                 "UPDATE users SET is_celebrity = $2 WHERE id = $1", followee_id, celebrity
             )
             events.append(
-                FanoutModeChanged(event_id=event_ids[1], author_id=followee_id, celebrity=celebrity)
+                FanoutModeChanged(
+                    event_id=event_ids[1],
+                    author_id=followee_id,
+                    celebrity=celebrity,
+                    request_id=current_request_id(),
+                )
             )
 
     async def is_following(self, follower_id: int, followee_id: int) -> bool:

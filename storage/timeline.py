@@ -7,6 +7,7 @@ a page reaching past what Redis keeps, or Redis being down, is answered from Pos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import msgspec
@@ -14,6 +15,7 @@ import msgspec
 from domain.model import TweetView
 from domain.timeline import merge_newest_first, page_cursor, visible_authors
 from storage.hydrate import TweetReader
+from storage.metrics import TIMELINE_ASSEMBLY_SECONDS
 from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisTimelineStore, TimelinePage
 from storage.repositories import FollowRepository, TweetRepository
 
@@ -49,6 +51,7 @@ class HomeTimeline:
     async def read(
         self, user_id: int, *, before: int | None = None, after: int | None = None, limit: int = 20
     ) -> HomePage:
+        started = time.perf_counter()
         normal, celebrities = await self._follows.followees(user_id)
         authors = visible_authors(user_id, [*normal, *celebrities])
         want = limit + 1
@@ -74,6 +77,7 @@ class HomeTimeline:
             )
             views += await self._reader.views(user_id, more, visible_authors=authors)
         page = views[:limit]
+        TIMELINE_ASSEMBLY_SECONDS.labels(source=source).observe(time.perf_counter() - started)
         return HomePage(
             items=page,
             next_cursor=page_cursor([v.tweet.id for v in page], limit, len(views) > limit),

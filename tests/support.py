@@ -374,6 +374,16 @@ class ServerProcess:
 
             assert await eventually(up, timeout=timeout), "server did not start"
 
+    async def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        """Waits for a line of the process's log (a worker has no /health)."""
+
+        async def logged() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.stderr())
+            return any(text in line for line in list(self._log))
+
+        assert await eventually(logged, timeout=timeout), f"no {text!r} in the log"
+
     def stderr(self) -> str:
         if self.process.poll() is None:
             return "(still running)"

@@ -20,12 +20,15 @@ from litestar.response import Response
 
 from domain.errors import DomainError
 from realtime.live import LiveHub
+from storage.metrics import forget_dead_processes
 from web.api import AccountController, TimelineController, TweetController, UserController
 from web.container import Services, build_services, start_services, stop_services
 from web.csrf import csrf_guard
 from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
 from web.media_api import LocalMediaController, MediaController
+from web.observability import metrics, request_observer
+from web.ops_pages import ops_router
 from web.page_live import home_socket
 from web.pages import not_found, pages_router
 from web.search_api import SearchController
@@ -116,6 +119,8 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = build_services(settings, process_name="chirp-web")
+        # Sockets counted by a web process that is gone must not count any more.
+        forget_dead_processes()
         await start_services(services)
         app.state.services = services
         app.state.chirp = Chirp(services)
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
         route_handlers=[
             health,
             ready,
+            metrics,
             AccountController,
             UserController,
             TweetController,
@@ -160,12 +166,18 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             LocalMediaController,
             SearchController,
             pages_router(),
+            ops_router(),
             home_socket,
             static_files_router(),
         ],
         template_config=template_config(),
         # Requests the session cookie would authenticate need the CSRF token (web/csrf.py).
         guards=[csrf_guard],
+        # The request id and request metrics (web/observability.py).
+        middleware=[request_observer],
+        # Logging is configured once, by web/logs.py (JSON lines). Litestar's default config
+        # would replace the root logger's handler and level with its own plain-text ones.
+        logging_config=None,
         lifespan=[lifespan],
         dependencies={
             "chirp": Provide(provide_chirp),

@@ -15,6 +15,27 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def _metrics_dir(settings: Settings, *, fresh: bool = False) -> None:
+    """Points prometheus_client's multiprocess mode at a directory shared by every Chirp
+    process on this machine (storage/metrics.py says why), before anything imports it.
+    `fresh`: empty it first (`chirp up`, before it starts the processes: the files of a
+    previous run's processes would otherwise count forever)."""
+    from pathlib import Path
+
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not fresh:
+        return
+    path = Path(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        or settings.metrics_dir
+        or Path(settings.var_dir) / "metrics"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
 @click.group()
 def main() -> None:
     """Chirp: a Twitter-like service."""
@@ -46,6 +67,7 @@ def serve(workers: int | None) -> None:
     from web.logs import configure_logging, logging_config
 
     settings = _settings()
+    _metrics_dir(settings)
     configure_logging(settings)
     uvicorn.run(
         "web.app:create_app",
@@ -79,12 +101,14 @@ def worker_search_indexer() -> None:
 
 
 def _run_worker(name: str) -> None:
+    settings = _settings()
+    _metrics_dir(settings)  # before the worker's modules import prometheus_client
+
     import uvloop
 
     from web.logs import configure_logging
     from web.workers import run_worker
 
-    settings = _settings()
     configure_logging(settings)
     uvloop.run(run_worker(settings, name))
 
@@ -174,6 +198,77 @@ def media_gc() -> None:
 
 
 @main.command()
+@click.option("--watch", is_flag=True, help="refresh until Ctrl-C")
+@click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes")
+@click.option("--count", type=int, default=None, help="stop after this many refreshes")
+@click.option(
+    "--lag-threshold",
+    default=1000,
+    show_default=True,
+    help="a consumer with more messages outstanding is shown as lagging",
+)
+def streams(watch: bool, interval: float, count: int | None, lag_threshold: int) -> None:
+    """JetStream streams and consumers: messages, bytes, pending, ack pending, redeliveries,
+    age of the oldest unacked message, dead letters. Lagging (over the threshold) and growing
+    backlogs are highlighted."""
+    from web.ops_cli import streams_command
+
+    asyncio.run(
+        streams_command(
+            _settings(),
+            watch=watch,
+            interval=interval,
+            count=count,
+            threshold=lag_threshold,
+            echo=click.echo,
+        )
+    )
+
+
+@main.command()
+@click.argument("tweet_id")
+@click.argument("username", required=False)
+def trace(tweet_id: str, username: str | None) -> None:
+    """Follow TWEET_ID through the pipeline: stored, outbox, published, in the stream, fanned
+    out, in USERNAME's timeline (or why not), indexed."""
+    from domain.ids import parse_id
+    from web.ops_cli import trace_command
+
+    parsed = parse_id(tweet_id)
+    if parsed is None:
+        raise click.UsageError(f"{tweet_id!r} is not a tweet id")
+    if not asyncio.run(trace_command(_settings(), parsed, username, click.echo)):
+        sys.exit(1)
+
+
+@main.group()
+def admin() -> None:
+    """Who may see the operations page (/ops)."""
+
+
+@admin.command("grant")
+@click.argument("username")
+def admin_grant(username: str) -> None:
+    """Make USERNAME an admin."""
+    _set_admin(username, True)
+
+
+@admin.command("revoke")
+@click.argument("username")
+def admin_revoke(username: str) -> None:
+    """Make USERNAME an ordinary user again."""
+    _set_admin(username, False)
+
+
+def _set_admin(username: str, admin: bool) -> None:
+    from web.ops_cli import set_admin
+
+    if not asyncio.run(set_admin(_settings(), username, admin)):
+        raise click.ClickException(f"no user named {username!r}")
+    click.echo(f"@{username} is {'now' if admin else 'no longer'} an admin")
+
+
+@main.command()
 def up() -> None:
     """Start everything on this machine: services (reused or embedded), migrations, web app,
     workers. Ctrl-C stops what it started."""
@@ -199,6 +294,7 @@ def up() -> None:
         asyncio.run(ensure_database(settings.database_url))
         asyncio.run(run_migrations(settings.database_url, quiet=True))
         me = [sys.executable, "-m", "web.cli"]
+        _metrics_dir(settings, fresh=True)
         env = dict(os.environ)
         commands = [
             ("web", [*me, "serve"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -14,8 +15,10 @@ from urllib.parse import urlsplit
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
+from domain.ids import id_timestamp_ms
 from domain.model import TweetView
 from realtime.live import LiveEvent, LiveHub, SlowConsumer
+from storage.metrics import POST_TO_PUSH_SECONDS
 from web.services import Chirp, Principal
 
 # Close codes (4000-4999 are the application's own).
@@ -110,6 +113,10 @@ async def run_session(
                 frame = await _render_event(chirp, event, sent, render)
                 if frame is not None:
                     await send(frame)
+                    if event.event == "tweet":
+                        # Post to push: the tweet id's timestamp is when it was created.
+                        lag = time.time() - id_timestamp_ms(event.id) / 1000
+                        POST_TO_PUSH_SECONDS.observe(max(0.0, lag))
         except (WebSocketDisconnect, RuntimeError):
             return
         finally:

@@ -7,6 +7,7 @@ import logging
 import logging.config
 from datetime import UTC, datetime
 
+from storage.request_id import current_request_id
 from web.settings import Settings
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -24,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 entry[key] = value

@@ -26,6 +26,7 @@ from domain.rules import (
 )
 from domain.timeline import page_cursor
 from storage.redis_store import REDIS_ERRORS, RateLimitDecision
+from storage.request_id import current_request_id
 from storage.timeline import HomePage
 from web.container import Services
 from web.media_service import MediaService
@@ -226,7 +227,11 @@ class Chirp:
             media=media,
         )
         event = TweetPosted(
-            event_id=self.s.ids.next_id(), tweet_id=tweet.id, author_id=author.id, reply_to=reply_to
+            event_id=self.s.ids.next_id(),
+            tweet_id=tweet.id,
+            author_id=author.id,
+            reply_to=reply_to,
+            request_id=current_request_id(),
         )
         stored, created = await self.s.tweets.post(tweet, event, key)
         if created:

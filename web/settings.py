@@ -49,6 +49,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_json: bool = True
+    # prometheus_client's multiprocess directory for `chirp up`/`serve`/`worker` (empty:
+    # var_dir/metrics); PROMETHEUS_MULTIPROC_DIR, when set, wins.
+    metrics_dir: str = ""
     tweet_cache_ttl: int = 24 * 3600
     db_pool_size: int = 10
     # Where uploaded images live: "local" (files under media_dir, served by the app through

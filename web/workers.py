@@ -16,6 +16,7 @@ from realtime.indexer import (
     search_indexer_consumer,
 )
 from realtime.live import LivePublisher
+from storage.fanout_log import FanoutLog
 from web.container import Services, provide_services
 from web.settings import Settings
 
@@ -32,6 +33,7 @@ def fanout_consumer(services: Services) -> tuple[EventConsumer, Fanout]:
         services.reader,
         LivePublisher(services.link, services.names, services.presence),
         active_days=services.settings.active_days,
+        fanout_log=FanoutLog(services.redis, services.keys),
     )
     return EventConsumer(services.link, services.names, "fanout", fanout.handle), fanout
 

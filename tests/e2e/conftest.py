@@ -37,6 +37,9 @@ async def site(e2e_settings: Settings) -> AsyncIterator[Site]:
     ]
     try:
         await web.wait_ready()
+        # Tests post at once and expect the workers' effects within seconds.
+        for worker in workers:
+            await worker.wait_for_log('"worker started"')
         yield Site(e2e_settings, web)
     finally:
         for process in [web, *workers]:
