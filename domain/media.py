@@ -45,12 +45,17 @@ def validate_media_request(content_type: str, size: int, alt: str | None) -> tup
         raise InvalidInput("size must be at least 1 byte")
     if size > MAX_MEDIA_BYTES:
         raise InvalidInput(f"size is over the limit of {MAX_MEDIA_BYTES} bytes (5 MiB)")
-    clean_alt = unicodedata.normalize("NFC", alt or "").strip()
-    if len(clean_alt) > MAX_ALT_LENGTH:
+    return canonical, normalize_alt(alt)
+
+
+def normalize_alt(alt: str | None) -> str:
+    """Alt text: NFC, trimmed, at most MAX_ALT_LENGTH code points."""
+    clean = unicodedata.normalize("NFC", alt or "").strip()
+    if len(clean) > MAX_ALT_LENGTH:
         raise InvalidInput(f"alt is longer than {MAX_ALT_LENGTH} characters")
-    if "\x00" in clean_alt:
+    if "\x00" in clean:
         raise InvalidInput("alt contains a NUL character")
-    return canonical, clean_alt
+    return clean
 
 
 def validate_media_ids(media_ids: list[int]) -> None:

@@ -17,6 +17,7 @@ from domain.media import (
     UPLOAD_URL_LIFETIME,
     bytes_match_type,
     media_key,
+    normalize_alt,
     read_url_window,
     validate_media_ids,
     validate_media_request,
@@ -66,7 +67,9 @@ class MediaService:
         )
         return Upload(record.id, url, headers, expires_at, decision)
 
-    async def prepare(self, owner_id: int, media_ids: list[int]) -> tuple[Media, ...]:
+    async def prepare(
+        self, owner_id: int, media_ids: list[int], alts: dict[int, str] | None = None
+    ) -> tuple[Media, ...]:
         """The media a new tweet will carry, after checking each is the author's and its
         object is in the store, of the declared size, with the declared type's first bytes.
         Runs before the tweet's transaction (the store is slow next to Postgres); the
@@ -83,8 +86,10 @@ class MediaService:
         # Idempotency-Key retry, which returns the original tweet before attaching anything.
         pending = [records[m] for m in media_ids if records[m].status == PENDING]
         await asyncio.gather(*(self._check_upload(r) for r in pending))
+        # Alt text written in the compose box after the upload replaces the upload's own.
+        alts = {m: normalize_alt(a) for m, a in (alts or {}).items()}
         return tuple(
-            Media(id=r.id, content_type=r.content_type, key=r.key, alt=r.alt)
+            Media(id=r.id, content_type=r.content_type, key=r.key, alt=alts.get(r.id) or r.alt)
             for r in (records[m] for m in media_ids)
         )
 

@@ -267,11 +267,13 @@ async def compose(ui: UiDep, chirp: ChirpDep) -> Response[Any]:
         if media_id is None:
             raise InvalidInput("media_ids holds an unknown media id")
         media_ids.append(media_id)
+    alts = {m: alt for m in media_ids if (alt := field(form, f"alt_{m}"))}
     view, _ = await chirp.post_tweet(
         principal,
         field(form, "text"),
         reply_to=reply_to,
         media_ids=media_ids,
+        media_alts=alts,
         idempotency_key=field(form, "idempotency_key") or None,
     )
     if ui.htmx:

@@ -208,6 +208,7 @@ class Chirp:
         *,
         reply_to: int | None = None,
         media_ids: list[int] | None = None,
+        media_alts: dict[int, str] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[TweetView, RateLimitDecision]:
         author = principal.user
@@ -217,7 +218,7 @@ class Chirp:
         decision = await self._limit(
             "tweets", str(author.id), limit=self.s.settings.tweets_per_hour, window=3600
         )
-        media = await self.media.prepare(author.id, media_ids or [])
+        media = await self.media.prepare(author.id, media_ids or [], media_alts)
         tweet = Tweet(
             id=self.s.ids.next_id(),
             author_id=author.id,

@@ -165,8 +165,11 @@ async def test_an_image_attached_in_the_compose_box_is_posted_with_the_tweet(
         files=[{"name": "blue.png", "mimeType": "image/png", "buffer": tiny_png()}]
     )
     await expect(page.locator("[data-attachments] input[name=media_ids]")).to_have_count(1)
+    await page.get_by_label("Alt text for image blue.png").fill("A small blue square")
     await page.get_by_role("button", name="Post").click()
     image = page.locator("#timeline article", has_text="With a picture").locator(".media img")
     await expect(image).to_be_visible()
+    await expect(image).to_have_attribute("alt", "A small blue square")
+    await expect(image).to_have_attribute("loading", "lazy")
     assert await image.evaluate("img => img.complete && img.naturalWidth") == 8
     await expect(page.locator("[data-attachments] li")).to_have_count(0)

@@ -137,3 +137,14 @@ def test_read_urls_repeat_within_the_hour_and_always_have_a_day_left() -> None:
     assert read_url_window(start + timedelta(hours=1))[0] == start + timedelta(hours=1)
     latest = start + timedelta(minutes=59, seconds=59)
     assert issued + expires - latest >= timedelta(days=1)
+
+
+def test_alt_text_is_normalised_and_bounded() -> None:
+    from domain.errors import InvalidInput
+    from domain.media import MAX_ALT_LENGTH, normalize_alt
+
+    assert normalize_alt("  Cafe\u0301 at dusk ") == "Café at dusk"
+    assert normalize_alt(None) == ""
+    assert normalize_alt("x" * MAX_ALT_LENGTH) == "x" * MAX_ALT_LENGTH
+    with pytest.raises(InvalidInput):
+        normalize_alt("x" * (MAX_ALT_LENGTH + 1))

@@ -156,7 +156,15 @@
             input.type = "hidden";
             input.name = "media_ids";
             input.value = mediaId;
-            item.append(input);
+            // Alt text for screen readers, sent with the tweet as alt_<media id>.
+            var alt = document.createElement("input");
+            alt.type = "text";
+            alt.name = "alt_" + mediaId;
+            alt.maxLength = 1000;
+            alt.placeholder = "Describe this image";
+            alt.className = "alt-text";
+            alt.setAttribute("aria-label", "Alt text for image " + file.name);
+            item.append(input, alt);
             item.classList.remove("uploading");
           })
           .catch(function (error) {
