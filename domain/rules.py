@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
+from importlib.resources import files
 
 from domain.errors import InvalidInput
 
@@ -47,7 +49,17 @@ def validate_password(password: str) -> str:
         raise InvalidInput(f"password is shorter than {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise InvalidInput(f"password is longer than {MAX_PASSWORD_LENGTH} characters")
+    if password.lower() in common_passwords():
+        raise InvalidInput("password is too common")
     return password
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The most common passwords of 8 characters or more, lowercase (shorter ones are refused
+    anyway). Read from the package's data file on first use, not at import."""
+    text = files("domain").joinpath("common_passwords.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line)
 
 
 def normalize_display_name(display_name: str | None, username: str) -> str:

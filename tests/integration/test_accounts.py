@@ -84,6 +84,15 @@ async def test_passwords_under_8_or_over_128_characters_are_refused_with_422(
     assert_error(response, 422)
 
 
+async def test_a_common_password_is_refused_with_422_and_no_account_is_made(api: Api) -> None:
+    name = unique_name()
+    response = await api.client.post(
+        "/api/v1/accounts", json={"username": name, "password": "Password123"}
+    )
+    assert assert_error(response, 422) == "password is too common"
+    assert (await api.client.get(f"/api/v1/users/{name}")).status_code == 404
+
+
 async def test_passwords_of_8_and_128_characters_are_accepted(api: Api) -> None:
     for length in (8, 128):
         account = await api.sign_up(password="p" * length)

@@ -8,6 +8,7 @@ import pytest
 
 from domain.errors import InvalidInput
 from domain.rules import (
+    common_passwords,
     ensure_not_self_follow,
     is_celebrity_after,
     normalize_display_name,
@@ -119,3 +120,19 @@ def test_celebrity_mode_at_production_numbers() -> None:
     assert is_celebrity_after(False, 10_001, 10_000, 0.1)
     assert is_celebrity_after(True, 9_000, 10_000, 0.1)
     assert not is_celebrity_after(True, 8_999, 10_000, 0.1)
+
+
+@pytest.mark.parametrize("password", ["password1", "PASSWORD123", "Qwertyuiop", "12345678"])
+def test_common_passwords_are_refused_whatever_their_case(password: str) -> None:
+    with pytest.raises(InvalidInput, match="too common"):
+        validate_password(password)
+
+
+def test_the_common_password_list_is_large_lowercase_and_has_only_long_enough_entries() -> None:
+    listed = common_passwords()
+    assert len(listed) >= 5000
+    assert all(p == p.lower() and len(p) >= 8 for p in listed)
+
+
+def test_an_uncommon_password_is_accepted() -> None:
+    assert validate_password("correct horse 1") == "correct horse 1"
