@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
-from bench.search import with_database
 from launcher.process import free_port
-from launcher.services import EmbeddedStack, ServiceUrls, ensure_database, ensure_services
+from launcher.services import (
+    EmbeddedStack,
+    ServiceUrls,
+    drop_database,
+    ensure_database,
+    ensure_services,
+)
 from storage.postgres import migrate
 from web.container import Services, provide_services
 from web.settings import Settings
@@ -76,30 +79,39 @@ def start_stack(settings: Settings) -> EmbeddedStack:
     return ensure_services(urls, settings.var_dir, log=log)
 
 
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
 @contextlib.asynccontextmanager
-async def bench_database(settings: Settings, keep: bool = False) -> AsyncIterator[Services]:
+async def bench_database(
+    settings: Settings,
+    keep: bool = False,
+    *,
+    process_name: str = "bench",
+    drop_search_index: bool = False,
+) -> AsyncIterator[Services]:
     """A fresh migrated database and the services wired to it; everything the run created
-    (database, stream, Redis keys) is removed afterwards unless `keep`."""
+    (database, stream, Redis keys, and with `drop_search_index` the run's own search alias
+    and collections) is removed afterwards unless `keep`."""
     await ensure_database(settings.database_url)
     await migrate(settings.database_url, quiet=True)
     try:
-        async with provide_services(settings, process_name="bench", wait_for_nats=True) as s:
+        async with provide_services(settings, process_name=process_name, wait_for_nats=True) as s:
             try:
                 yield s
             finally:
                 if not keep:
+                    if drop_search_index:
+                        with contextlib.suppress(Exception):
+                            await s.search.drop_everything()
                     for stream in (s.names.stream, s.names.dead_letter_stream):
                         with contextlib.suppress(Exception):
                             await s.link.js.delete_stream(stream)
                     await delete_keys(s, f"{s.keys.prefix}*")
     finally:
         if not keep:
-            admin = await asyncpg.connect(with_database(settings.database_url, "postgres"))
-            try:
-                name = urlsplit(settings.database_url).path.lstrip("/")
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
+            await drop_database(settings.database_url)
 
 
 async def delete_keys(services: Services, pattern: str) -> None:

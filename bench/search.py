@@ -40,20 +40,18 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from litestar.testing import AsyncTestClient
 
+from bench.common import bench_database, with_database
 from domain.events import TweetPosted, encode_event
 from domain.ids import EPOCH_MS, TIMESTAMP_SHIFT
 from domain.search import parse_search_query
-from launcher.services import ServiceUrls, ensure_database, ensure_services
+from launcher.services import ServiceUrls, ensure_services
 from realtime.indexer import CONSUMER
-from storage.postgres import migrate
 from storage.search_index import SearchUnavailable
 from web.app import create_app
-from web.container import Services, provide_services
+from web.container import Services
 from web.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +94,6 @@ class Corpus:
     def text(self) -> str:
         count = self.rng.randint(5, 30)
         return " ".join(self.rng.choices(self.words, cum_weights=self.cumulative, k=count))
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def generate(
@@ -291,34 +285,6 @@ async def measure_search(
     }
 
 
-@contextlib.asynccontextmanager
-async def bench_services(settings: Settings, keep: bool) -> AsyncIterator[Services]:
-    await ensure_database(settings.database_url)
-    await migrate(settings.database_url, quiet=True)
-    try:
-        async with provide_services(settings, process_name="bench-search", wait_for_nats=True) as s:
-            try:
-                yield s
-            finally:
-                if not keep:
-                    with contextlib.suppress(Exception):
-                        await s.search.drop_everything()
-                    for stream in (s.names.stream, s.names.dead_letter_stream):
-                        with contextlib.suppress(Exception):
-                            await s.link.js.delete_stream(stream)
-                    keys = [k async for k in s.redis.scan_iter(f"{s.keys.prefix}*", count=1000)]
-                    for offset in range(0, len(keys), 1000):
-                        await s.redis.delete(*keys[offset : offset + 1000])
-    finally:
-        if not keep:
-            admin = await asyncpg.connect(with_database(settings.database_url, "postgres"))
-            try:
-                name = urlsplit(settings.database_url).path.lstrip("/")
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(line: str) -> None:
         print(line, flush=True)
@@ -343,7 +309,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     stack = ensure_services(urls, settings.var_dir, log=log)
     try:
-        async with bench_services(settings, args.keep) as services:
+        async with bench_database(
+            settings, args.keep, process_name="bench-search", drop_search_index=True
+        ) as services:
             await services.search.ensure()
             async with running_worker(settings, services):
                 log(f"generating {args.tweets:,} tweets by {args.users:,} users")

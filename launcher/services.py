@@ -47,6 +47,7 @@ __all__ = [
     "ManagedProcess",
     "MissingService",
     "ServiceUrls",
+    "drop_database",
     "ensure_database",
     "ensure_services",
     "free_port",
@@ -531,6 +532,18 @@ async def ensure_database(database_url: str) -> None:
         # Losing a race with another process creating it is the same outcome.
         with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
             await conn.execute(f"CREATE DATABASE {quoted}")
+    finally:
+        await conn.close()
+
+
+async def drop_database(database_url: str) -> None:
+    """Drop the URL's database, closing its other connections (test and benchmark runs)."""
+    asyncpg = _asyncpg()
+    name = _pg_database(database_url)
+    conn = await asyncpg.connect(_pg_dsn(database_url, database="postgres"))
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
     finally:
         await conn.close()
 

@@ -32,14 +32,6 @@ from storage.timeline import HomeTimeline
 log = logging.getLogger("chirp.fanout")
 
 
-class FanoutStats:
-    def __init__(self) -> None:
-        self.tweets_fanned_out = 0
-        self.timeline_writes = 0
-        self.celebrity_skips = 0
-        self.last_lag_ms = 0.0
-
-
 class Fanout:
     def __init__(
         self,
@@ -67,7 +59,6 @@ class Fanout:
         self._chunk_size = chunk_size
         self._mode_change_backfill = mode_change_backfill
         self._fanout_log = fanout_log
-        self.stats = FanoutStats()
 
     async def handle(self, event: AnyEvent) -> None:
         match event:
@@ -113,12 +104,9 @@ class Fanout:
         if author.is_celebrity:
             # One message for every app process with a follower of this author connected.
             await self._live.to_author_followers(live)
-            self.stats.celebrity_skips += 1
             await self._record(tweet.id, "celebrity", 0, started)
             return
         written = await self.push_to_followers(author.id, [tweet.id], live)
-        self.stats.tweets_fanned_out += 1
-        self.stats.last_lag_ms = time.time() * 1000 - id_timestamp_ms(tweet.id)
         await self._record(tweet.id, "push", written, started)
 
     async def _record(self, tweet_id: int, mode: str, followers: int, started: float) -> None:
@@ -158,7 +146,6 @@ class Fanout:
         ):
             await self._store.push_to_timelines(chunk, tweet_ids)
             written += len(chunk)
-            self.stats.timeline_writes += len(chunk) * len(tweet_ids)
             # Only after the timelines hold it: a socket that reconnects and reads its
             # timeline must find what it was not sent live.
             if live is not None:

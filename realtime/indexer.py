@@ -7,7 +7,6 @@ or a TweetPosted processed after its tweet was deleted, leaves the index right."
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +14,6 @@ import asyncpg
 
 from domain.errors import Unavailable
 from domain.events import AnyEvent, TweetDeleted, TweetPosted
-from domain.ids import id_timestamp_ms
 from realtime.batch_consumer import BatchEventConsumer
 from realtime.jetstream import NatsLink, StreamNames
 from storage.search_sync import SearchSync
@@ -35,21 +33,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class IndexerStats:
-    def __init__(self) -> None:
-        self.events = 0
-        self.batches = 0
-        self.rejected = 0
-        # Tweets re-synced because the index had lost or kept them wrongly.
-        self.reconciled = 0
-        # Post to searchable, of the newest tweet in the last batch.
-        self.last_lag_ms = 0.0
-
-
 class SearchIndexer:
     def __init__(self, sync: SearchSync) -> None:
         self._sync = sync
-        self.stats = IndexerStats()
         # Typesense may come back from a restart without writes it had acknowledged (0.24
         # does, when it restarts before its first snapshot), so what it holds is not trusted
         # until reconciled with Postgres: at start, and after every outage.
@@ -60,7 +46,6 @@ class SearchIndexer:
         does this as it starts, then after every outage)."""
         fixed = await self._sync.reconcile()
         self._suspect = False
-        self.stats.reconciled += fixed
         if fixed:
             log.warning("search index reconciled with Postgres", extra={"resynced": fixed})
 
@@ -77,12 +62,6 @@ class SearchIndexer:
         except TRANSIENT_ERRORS:
             self._suspect = True
             raise
-        self.stats.events += len(events)
-        self.stats.batches += 1
-        self.stats.rejected += len(rejected)
-        if tweet_of:
-            newest = max(tweet_of.values())
-            self.stats.last_lag_ms = time.time() * 1000 - id_timestamp_ms(newest)
         return {event_id: rejected[t] for event_id, t in tweet_of.items() if t in rejected}
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 
 from realtime.jetstream import NATS_ERRORS, NatsLink, StreamNames
@@ -68,6 +70,18 @@ async def read_streams(
         raise StreamsUnavailable(f"JetStream did not answer: {error!r}") from error
 
 
+def _stream_state(name: str, info: StreamInfo, **extra: Any) -> StreamState:
+    return StreamState(
+        name=name,
+        subjects=list(info.config.subjects or []),
+        messages=info.state.messages,
+        bytes=info.state.bytes,
+        first_seq=info.state.first_seq,
+        last_seq=info.state.last_seq,
+        **extra,
+    )
+
+
 async def _read(link: NatsLink, names: StreamNames, ages: bool) -> list[StreamState]:
     js = link.js
     dead: dict[str, int] = {}
@@ -75,15 +89,7 @@ async def _read(link: NatsLink, names: StreamNames, ages: bool) -> list[StreamSt
     try:
         info = await js.stream_info(names.dead_letter_stream, subjects_filter=">")
         dead = dict(info.state.subjects or {})
-        dead_stream = StreamState(
-            name=names.dead_letter_stream,
-            subjects=list(info.config.subjects or []),
-            messages=info.state.messages,
-            bytes=info.state.bytes,
-            first_seq=info.state.first_seq,
-            last_seq=info.state.last_seq,
-            per_subject=dead,
-        )
+        dead_stream = _stream_state(names.dead_letter_stream, info, per_subject=dead)
     except NotFoundError:
         pass
     try:
@@ -112,15 +118,7 @@ async def _read(link: NatsLink, names: StreamNames, ages: bool) -> list[StreamSt
                 last_active=consumer.delivered.last_active if consumer.delivered else None,
             )
         )
-    main = StreamState(
-        name=names.stream,
-        subjects=list(info.config.subjects or []),
-        messages=info.state.messages,
-        bytes=info.state.bytes,
-        first_seq=info.state.first_seq,
-        last_seq=info.state.last_seq,
-        consumers=consumers,
-    )
+    main = _stream_state(names.stream, info, consumers=consumers)
     return [main, dead_stream] if dead_stream else [main]
 
 

@@ -27,8 +27,6 @@ class TweetReader:
         self._tweet_cache = tweet_cache
         self._author_cache = author_cache
         self._breaker = breaker
-        self.hits = 0
-        self.misses = 0
 
     async def tweets(self, ids: Sequence[int]) -> dict[int, Tweet]:
         found: dict[int, Tweet] = await self._cached(self._tweet_cache, ids)
@@ -109,8 +107,6 @@ class TweetReader:
         except REDIS_ERRORS:
             self._breaker.trip()
             return {}
-        self.hits += len(found)
-        self.misses += len(ids) - len(found)
         name = "tweet" if cache is self._tweet_cache else "author"
         if found:
             CACHE_REQUESTS.labels(cache=name, result="hit").inc(len(found))

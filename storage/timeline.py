@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from domain.model import TweetView
-from domain.timeline import merge_newest_first, page_cursor, visible_authors
+from domain.timeline import in_window, merge_newest_first, page_cursor, visible_authors
 from storage.hydrate import TweetReader
 from storage.metrics import TIMELINE_ASSEMBLY_SECONDS
 from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisTimelineStore, TimelinePage
@@ -166,9 +166,7 @@ class HomeTimeline:
             [author_id], before=None, after=None, limit=self.max_entries
         )
         await self._store.populate_author(author_id, recent)
-        window = [
-            i for i in recent if (before is None or i < before) and (after is None or i > after)
-        ]
+        window = [i for i in recent if in_window(i, before, after)]
         return TimelinePage(ids=window[:want], truncated=len(recent) >= self.max_entries)
 
     async def populate(self, user_id: int, normal_followees: Sequence[int] | None = None) -> int:

@@ -15,7 +15,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.services import EmbeddedStack, ServiceUrls, ensure_database, ensure_services
+from launcher.services import (
+    EmbeddedStack,
+    ServiceUrls,
+    drop_database,
+    ensure_database,
+    ensure_services,
+)
 from realtime.fanout import Fanout
 from storage.postgres import migrate
 from storage.search_index import SearchUnavailable, TypesenseIndex
@@ -78,12 +84,7 @@ async def database(base_settings: Settings, stack: EmbeddedStack) -> AsyncIterat
     await ensure_database(base_settings.database_url)
     await migrate(base_settings.database_url, quiet=True)
     yield base_settings.database_url
-    name = urlsplit(base_settings.database_url).path.lstrip("/")
-    admin = await asyncpg.connect(with_database(base_settings.database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(base_settings.database_url)
     # Any test that searched or indexed left the session's Typesense alias and collections.
     index = TypesenseIndex(
         base_settings.typesense_url,

@@ -239,6 +239,16 @@ async def timeline_members(
     return await zset_members(redis, timeline_key(settings, user_id))
 
 
+async def in_every_timeline(
+    redis_client: aioredis.Redis, settings: Settings, users: list[Any], tweet_id: str
+) -> bool:
+    """Whether the tweet is in each user's Redis home timeline (users have an `id`)."""
+    for user in users:
+        if member(tweet_id) not in await timeline_members(redis_client, settings, user.id):
+            return False
+    return True
+
+
 async def zset_members(redis: aioredis.Redis, key: str) -> list[str]:
     raw = await redis.zrange(key, 0, -1)
     return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]

@@ -7,6 +7,7 @@ these."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -56,26 +57,28 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
-async def context(browser: Browser, site: Site) -> AsyncIterator[BrowserContext]:
-    """A fresh browser profile (no cookies) on the site."""
+@contextlib.asynccontextmanager
+async def fresh_context(browser: Browser, site: Site) -> AsyncIterator[BrowserContext]:
+    """A new browser profile (no cookies) on the site."""
     ctx = await browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 900})
     ctx.set_default_timeout(10_000)
     try:
         yield ctx
     finally:
         await ctx.close()
+
+
+@pytest.fixture
+async def context(browser: Browser, site: Site) -> AsyncIterator[BrowserContext]:
+    async with fresh_context(browser, site) as ctx:
+        yield ctx
 
 
 @pytest.fixture
 async def other_context(browser: Browser, site: Site) -> AsyncIterator[BrowserContext]:
     """A second person's browser, beside `context`."""
-    ctx = await browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(10_000)
-    try:
+    async with fresh_context(browser, site) as ctx:
         yield ctx
-    finally:
-        await ctx.close()
 
 
 @pytest.fixture(scope="package")

@@ -7,6 +7,8 @@ back to normal below 2.5."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import asyncpg
 import redis.asyncio as aioredis
 
@@ -25,6 +27,7 @@ from tests.support import (
     FanoutRun,
     eventually,
     idle_fanout,
+    in_every_timeline,
     member,
     one_event,
     running_app,
@@ -78,15 +81,9 @@ async def test_a_normal_authors_tweet_is_pushed_into_every_followers_redis_timel
     followers = await followers_with_timelines(api, alice, 3)
     tweet = await alice.post("to all of you")
 
-    async def everywhere() -> bool:
-        for follower in followers:
-            if member(tweet["id"]) not in await timeline_members(
-                redis_client, settings, follower.id
-            ):
-                return False
-        return True
-
-    assert await eventually(everywhere, timeout=2.0)
+    assert await eventually(
+        lambda: in_every_timeline(redis_client, settings, followers, tweet["id"]), timeout=2.0
+    )
     for follower in followers:
         assert await follower.timeline_ids() == [tweet["id"]]
 
@@ -103,11 +100,8 @@ async def test_exactly_5_followers_is_still_pushed_and_the_6th_makes_a_celebrity
     assert not await is_celebrity(pg, author)
     pushed = await author.post("at five")
 
-    async def in_all(tweet_id: str) -> bool:
-        for follower in followers:
-            if member(tweet_id) not in await timeline_members(redis_client, settings, follower.id):
-                return False
-        return True
+    def in_all(tweet_id: str) -> Awaitable[bool]:
+        return in_every_timeline(redis_client, settings, followers, tweet_id)
 
     assert await eventually(lambda: in_all(pushed["id"]), timeout=2.0)
 
@@ -236,15 +230,9 @@ async def test_hysteresis_keeps_a_celebrity_down_to_3_followers_and_pushes_again
 
     pushed = await author.post("normal again")
 
-    async def pushed_to_remaining() -> bool:
-        for follower in remaining:
-            if member(pushed["id"]) not in await timeline_members(
-                redis_client, settings, follower.id
-            ):
-                return False
-        return True
-
-    assert await eventually(pushed_to_remaining, timeout=2.0)
+    assert await eventually(
+        lambda: in_every_timeline(redis_client, settings, remaining, pushed["id"]), timeout=2.0
+    )
 
 
 async def test_the_threshold_and_hysteresis_come_from_settings(
