@@ -183,6 +183,45 @@ def search_verify(repair: bool, sample: int, full: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="fix the drift found, then audit again")
+@click.option(
+    "--sample", default=200, show_default=True, help="timelines sampled (and search documents)"
+)
+@click.option(
+    "--user", "usernames", multiple=True, metavar="NAME", help="audit this user (repeatable)"
+)
+@click.option("--all", "every", is_flag=True, help="every timeline in Redis, every indexed id")
+@click.option(
+    "--grace",
+    default=60.0,
+    show_default=True,
+    help="seconds a new tweet, follow or deletion may take to reach the timelines",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def audit(
+    repair: bool, sample: int, usernames: tuple[str, ...], every: bool, grace: float, as_json: bool
+) -> None:
+    """Compare home timelines in Redis, the users' and tweets' counters and the search index
+    with Postgres, and report drift. Exits 1 while drift remains."""
+    if usernames and every:
+        raise click.UsageError("give --user or --all, not both")
+    from web.audit import AuditScope, describe_outcome, outcome_json, run_audit
+
+    scope = AuditScope(usernames=usernames, sample=sample, every=every, grace_seconds=grace)
+    try:
+        outcome = asyncio.run(run_audit(_settings(), scope, repair=repair))
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(outcome_json(outcome))
+    else:
+        for line in describe_outcome(outcome):
+            click.echo(line)
+    if not outcome.clean:
+        sys.exit(1)
+
+
 @main.group()
 def media() -> None:
     """Uploaded images."""
