@@ -68,13 +68,16 @@ class Fanout:
                 await self.fan_out_deletion(event)
             case Followed():
                 await self.merge_followee(event)
+                await self._store.bump_follow_version(event.follower_id)
             case Unfollowed():
                 if not await self._follows.is_following(event.follower_id, event.followee_id):
                     await self._timelines.unmerge_from_timeline(
                         event.follower_id, event.followee_id
                     )
+                await self._store.bump_follow_version(event.follower_id)
             case FanoutModeChanged():
                 await self.change_fanout_mode(event)
+                await self._store.bump_celebrity_version()
 
     async def merge_followee(self, event: Followed) -> None:
         if not await self._follows.is_following(event.follower_id, event.followee_id):

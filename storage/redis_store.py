@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from domain.ids import encode_member
 from domain.model import Author, Tweet
 from storage.metrics import RATE_LIMIT_REJECTIONS
+from storage.resp import RespClient, Script
 
 SENTINEL = encode_member(0)
 
@@ -71,6 +72,12 @@ class RedisKeys:
     def fanout_recent(self) -> str:
         return f"{self.prefix}fo:recent"
 
+    def follow_version(self, user_id: int) -> str:
+        return f"{self.prefix}fv:{user_id}"
+
+    def celebrity_version(self) -> str:
+        return f"{self.prefix}cv"
+
 
 def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""
@@ -88,6 +95,27 @@ if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
 end
 return 1
 """
+
+
+# The first ARGV[5] keys are plain values, returned as they are (GET). Then per sorted set:
+# false when it is missing (no sentinel), else {size, page}. ARGV: sentinel, ZREVRANGEBYLEX
+# max and min, count, number of plain keys.
+_PAGES = Script("""
+local out = {}
+local plain = tonumber(ARGV[5])
+for i = 1, plain do
+  out[i] = redis.call('GET', KEYS[i])
+end
+for i = plain + 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[1]) then
+    out[i] = {redis.call('ZCARD', KEYS[i]),
+              redis.call('ZREVRANGEBYLEX', KEYS[i], ARGV[2], ARGV[3], 'LIMIT', 0, ARGV[4])}
+  else
+    out[i] = false
+  end
+end
+return out
+""")
 
 
 # Every key: ZADD the members (score 0), then trim to the cap above the sentinel.
@@ -113,57 +141,107 @@ class TimelinePage(msgspec.Struct, frozen=True):
     truncated: bool
 
 
+class HomePages(msgspec.Struct, frozen=True):
+    # (follow list version, celebrity set version); None where never bumped (or Redis lost it)
+    versions: tuple[bytes | None, bytes | None]
+    home: TimelinePage | None
+    authors: dict[int, TimelinePage | None]
+
+
 class RedisTimelineStore:
     def __init__(
-        self, client: aioredis.Redis, keys: RedisKeys, *, max_entries: int, ttl: int
+        self,
+        client: aioredis.Redis,
+        reads: RespClient,
+        keys: RedisKeys,
+        *,
+        max_entries: int,
+        ttl: int,
     ) -> None:
         self._redis = client
+        self._reads = reads
         self._keys = keys
         self.max_entries = max_entries
         self._ttl = ttl
         self._push_if_complete = client.register_script(_PUSH_IF_COMPLETE)
         self._push_many = client.register_script(_PUSH_MANY)
 
-    async def _page(
-        self, key: str, before: int | None, after: int | None, count: int
-    ) -> TimelinePage | None:
+    async def _pages(
+        self,
+        keys: Sequence[str],
+        before: int | None,
+        after: int | None,
+        count: int,
+        *,
+        values: Sequence[str] = (),
+    ) -> tuple[list[bytes | None], list[TimelinePage | None]]:
+        """One script call for any number of sets: a page of each, None where the set is
+        missing (no sentinel); and, in the same round trip, the plain `values`. On Redis
+        Cluster the keys of one call must share a slot."""
         upper, lower = lex_range(before, after)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(key, SENTINEL)
-            pipe.zrevrangebylex(key, upper, lower, start=0, num=count)
-            pipe.zcard(key)
-            complete, members, size = await pipe.execute()
-        if complete is None:
-            return None
-        return TimelinePage(ids=[int(m) for m in members], truncated=size - 1 >= self.max_entries)
+        replies = await self._reads.evalsha(
+            _PAGES, [*values, *keys], [SENTINEL, upper, lower, count, len(values)]
+        )
+        pages = [
+            None
+            if reply is None
+            else TimelinePage(
+                ids=[int(m) for m in reply[1]], truncated=reply[0] - 1 >= self.max_entries
+            )
+            for reply in replies[len(values) :]
+        ]
+        return replies[: len(values)], pages
 
     async def timeline_page(
         self, user_id: int, *, before: int | None, after: int | None, count: int
     ) -> TimelinePage | None:
         """Newest-first ids of the home timeline inside the window; None when the timeline is
         missing and must be rebuilt."""
-        return await self._page(self._keys.timeline(user_id), before, after, count)
+        _, (page,) = await self._pages([self._keys.timeline(user_id)], before, after, count)
+        return page
+
+    async def home_pages(
+        self,
+        user_id: int,
+        celebrity_ids: Sequence[int],
+        *,
+        before: int | None,
+        after: int | None,
+        count: int,
+    ) -> HomePages:
+        """The home timeline's page, the given celebrities' pages and the versions of the
+        user's follow list and of the celebrity set, in one round trip."""
+        versions, pages = await self._pages(
+            [self._keys.timeline(user_id), *(self._keys.author_tweets(a) for a in celebrity_ids)],
+            before,
+            after,
+            count,
+            values=[self._keys.follow_version(user_id), self._keys.celebrity_version()],
+        )
+        return HomePages(
+            versions=(versions[0], versions[1]),
+            home=pages[0],
+            authors=dict(zip(celebrity_ids, pages[1:], strict=True)),
+        )
 
     async def author_pages(
         self, author_ids: Sequence[int], *, before: int | None, after: int | None, count: int
     ) -> dict[int, TimelinePage | None]:
-        upper, lower = lex_range(before, after)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for author_id in author_ids:
-                key = self._keys.author_tweets(author_id)
-                pipe.zscore(key, SENTINEL)
-                pipe.zrevrangebylex(key, upper, lower, start=0, num=count)
-                pipe.zcard(key)
-            replies = await pipe.execute()
-        pages: dict[int, TimelinePage | None] = {}
-        for index, author_id in enumerate(author_ids):
-            complete, members, size = replies[index * 3 : index * 3 + 3]
-            pages[author_id] = (
-                None
-                if complete is None
-                else TimelinePage([int(m) for m in members], size - 1 >= self.max_entries)
-            )
-        return pages
+        if not author_ids:
+            return {}
+        keys = [self._keys.author_tweets(a) for a in author_ids]
+        _, pages = await self._pages(keys, before, after, count)
+        return dict(zip(author_ids, pages, strict=True))
+
+    async def bump_follow_version(self, user_id: int) -> None:
+        """After the user's follow list changed (and was committed): every process's cached
+        copy of it is stale from now on."""
+        await self._redis.incr(self._keys.follow_version(user_id))
+
+    async def bump_celebrity_version(self) -> None:
+        """After an author changed fanout mode: every cached split of follow lists into
+        normal authors and celebrities is stale."""
+        await self._redis.incr(self._keys.celebrity_version())
 
     async def populate_timeline(self, user_id: int, tweet_ids: Iterable[int]) -> None:
         """Merges the ids into the timeline and marks it complete. Existing entries are kept
@@ -230,9 +308,16 @@ class RedisObjectCache(Generic[T]):
     """A msgspec-encoded object per key, read in one MGET and written in one pipeline."""
 
     def __init__(
-        self, client: aioredis.Redis, key: Callable[[int], str], type_: type[T], *, ttl: int
+        self,
+        client: aioredis.Redis,
+        reads: RespClient,
+        key: Callable[[int], str],
+        type_: type[T],
+        *,
+        ttl: int,
     ) -> None:
         self._redis = client
+        self._reads = reads
         self._key = key
         self._decoder = msgspec.msgpack.Decoder(type_)
         self._encoder = msgspec.msgpack.Encoder()
@@ -241,8 +326,7 @@ class RedisObjectCache(Generic[T]):
     async def get_many(self, ids: Sequence[int]) -> dict[int, T]:
         if not ids:
             return {}
-        # The client is created without decode_responses, so values are bytes.
-        values: list[bytes | None] = await self._redis.mget([self._key(i) for i in ids])  # type: ignore[assignment]
+        values: list[bytes | None] = await self._reads.execute("MGET", *[self._key(i) for i in ids])
         return {
             i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None
         }
@@ -260,12 +344,16 @@ class RedisObjectCache(Generic[T]):
             await self._redis.delete(*[self._key(i) for i in ids])
 
 
-def tweet_cache(client: aioredis.Redis, keys: RedisKeys, ttl: int) -> RedisObjectCache[Tweet]:
-    return RedisObjectCache(client, keys.tweet, Tweet, ttl=ttl)
+def tweet_cache(
+    client: aioredis.Redis, reads: RespClient, keys: RedisKeys, ttl: int
+) -> RedisObjectCache[Tweet]:
+    return RedisObjectCache(client, reads, keys.tweet, Tweet, ttl=ttl)
 
 
-def author_cache(client: aioredis.Redis, keys: RedisKeys, ttl: int) -> RedisObjectCache[Author]:
-    return RedisObjectCache(client, keys.author, Author, ttl=ttl)
+def author_cache(
+    client: aioredis.Redis, reads: RespClient, keys: RedisKeys, ttl: int
+) -> RedisObjectCache[Author]:
+    return RedisObjectCache(client, reads, keys.author, Author, ttl=ttl)
 
 
 class RateLimitDecision(msgspec.Struct, frozen=True):

@@ -35,6 +35,7 @@ from storage.repositories import (
     TweetRepository,
     UserRepository,
 )
+from storage.resp import RespClient
 from storage.search_index import TypesenseIndex
 from storage.search_sync import SearchSync
 from storage.timeline import HomeTimeline
@@ -49,6 +50,8 @@ class Services:
     settings: Settings
     db: Database
     redis: aioredis.Redis
+    # The read path's lean client (storage/resp.py); everything else uses `redis`.
+    redis_reads: RespClient
     keys: RedisKeys
     breaker: RedisBreaker
     link: NatsLink
@@ -76,6 +79,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
     """Wires every adapter without connecting anything."""
     db = Database(settings.database_url, max_size=settings.db_pool_size)
     redis = connect_redis(settings.redis_url)
+    reads = RespClient(settings.redis_url)
     keys = RedisKeys(settings.redis_prefix)
     breaker = RedisBreaker()
     link = NatsLink(settings.nats_url, name=process_name)
@@ -89,13 +93,13 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
     )
     outbox = OutboxRepository(db)
     store = RedisTimelineStore(
-        redis, keys, max_entries=settings.timeline_max, ttl=settings.active_days * 86_400
+        redis, reads, keys, max_entries=settings.timeline_max, ttl=settings.active_days * 86_400
     )
     reader = TweetReader(
         tweets,
         users,
-        tweet_cache(redis, keys, settings.tweet_cache_ttl),
-        author_cache(redis, keys, settings.tweet_cache_ttl),
+        tweet_cache(redis, reads, keys, settings.tweet_cache_ttl),
+        author_cache(redis, reads, keys, settings.tweet_cache_ttl),
         breaker,
     )
     publisher = JetStreamPublisher(link, names)
@@ -109,6 +113,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         settings=settings,
         db=db,
         redis=redis,
+        redis_reads=reads,
         keys=keys,
         breaker=breaker,
         link=link,
@@ -152,6 +157,7 @@ async def stop_services(services: Services) -> None:
     await services.link.stop()
     await services.search.close()
     await services.redis.aclose()
+    await services.redis_reads.close()
     await services.db.stop()
 
 

@@ -17,8 +17,11 @@ MediaUrl = Callable[[Media], str]
 
 
 def format_time(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat truncates to milliseconds and ends in "+00:00" for UTC; strftime cost
+    # several times as much, twenty times per timeline page.
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class AuthorOut(msgspec.Struct):

@@ -7,13 +7,14 @@ will reach the workers through the outbox, and the read path tolerates a stale R
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from domain.errors import NotFound, RateLimited, Unauthorized
-from domain.events import Event, TweetDeleted, TweetPosted
+from domain.events import Event, FanoutModeChanged, TweetDeleted, TweetPosted
 from domain.media import validate_media_ids
 from domain.model import Tweet, TweetView, User
 from domain.rules import (
@@ -44,6 +45,36 @@ class Principal(msgspec.Struct, frozen=True):
     token_hash: bytes
 
 
+class PrincipalCache:
+    """Whom a token belongs to, remembered per process for `ttl` seconds: the lookup was a
+    Postgres query on every authenticated request, the largest single cost of a timeline
+    read. Bounded; the oldest entries go first."""
+
+    def __init__(self, ttl: float, *, max_entries: int = 50_000) -> None:
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: dict[bytes, tuple[Principal, float]] = {}
+
+    def get(self, token_hash: bytes) -> Principal | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            del self._entries[token_hash]
+            return None
+        return entry[0]
+
+    def put(self, principal: Principal) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[principal.token_hash] = (principal, time.monotonic() + self._ttl)
+
+    def evict(self, token_hash: bytes) -> None:
+        self._entries.pop(token_hash, None)
+
+
 class UserPage(msgspec.Struct, frozen=True):
     users: list[tuple[User, bool]]  # (user, whether the viewer follows them)
     next_cursor: int | None
@@ -58,6 +89,7 @@ class Chirp:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.media = MediaService(services)
+        self._principals = PrincipalCache(services.settings.auth_cache_seconds)
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -128,13 +160,20 @@ class Chirp:
         if not token or len(token) > 128:
             return None
         token_hash = hash_token(token)
+        cached = self._principals.get(token_hash)
+        if cached is not None:
+            return cached
         found = await self.s.tokens.resolve(token_hash)
         if found is None:
             return None
-        return Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
+        principal = Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
+        self._principals.put(principal)
+        return principal
 
     async def sign_out(self, principal: Principal) -> None:
+        self._principals.evict(principal.token_hash)
         await self.s.tokens.revoke(principal.token_hash)
+        self._principals.evict(principal.token_hash)
 
     # -- users and the follow graph --------------------------------------------------------
 
@@ -162,6 +201,7 @@ class Chirp:
                 await self._best_effort(
                     self.s.timelines.merge_into_timeline(principal.user.id, followee.id)
                 )
+            await self._follow_list_changed(principal.user.id, events)
             self._publish(events)
 
     async def unfollow(self, principal: Principal, username: str) -> None:
@@ -171,7 +211,16 @@ class Chirp:
             await self._best_effort(
                 self.s.timelines.unmerge_from_timeline(principal.user.id, followee.id)
             )
+            await self._follow_list_changed(principal.user.id, events)
             self._publish(events)
+
+    async def _follow_list_changed(self, user_id: int, events: list[Event]) -> None:
+        """Invalidates the processes' cached follow lists (storage/timeline.py FolloweeCache)
+        so the next read sees the change; the fanout worker repeats this from the events in
+        case Redis was down now."""
+        await self._best_effort(self.s.store.bump_follow_version(user_id))
+        if any(isinstance(e, FanoutModeChanged) for e in events):
+            await self._best_effort(self.s.store.bump_celebrity_version())
 
     def _event_ids(self, count: int) -> list[int]:
         return [self.s.ids.next_id() for _ in range(count)]
@@ -297,6 +346,7 @@ class Chirp:
         if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
             inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)
             await self.s.users.touch_last_seen(user_id)
+            self._principals.put(msgspec.structs.replace(principal, last_seen_at=now))
             # Fanout skipped this user while inactive: their Redis timeline (if any survived)
             # is missing tweets, so rebuild it before serving it.
             if inactive:

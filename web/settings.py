@@ -53,6 +53,10 @@ class Settings:
     # var_dir/metrics); PROMETHEUS_MULTIPROC_DIR, when set, wins.
     metrics_dir: str = ""
     tweet_cache_ttl: int = 24 * 3600
+    # Seconds a web process remembers whom a token belongs to (0: ask Postgres every time).
+    # Sign-out takes effect at once in the process that handles it; other processes may
+    # accept the revoked token until their entry expires.
+    auth_cache_seconds: float = 5.0
     db_pool_size: int = 10
     # Where uploaded images live: "local" (files under media_dir, served by the app through
     # signed URLs; the default for `make run`) or "s3" (MinIO or any S3, settings below).
