@@ -140,14 +140,20 @@ class Fanout:
             log.warning("fanout record failed", extra={"error": repr(error)})
 
     async def push_to_followers(
-        self, author_id: int, tweet_ids: list[int], live: LiveEvent | None = None
+        self,
+        author_id: int,
+        tweet_ids: list[int],
+        live: LiveEvent | None = None,
+        *,
+        capped: bool = False,
     ) -> int:
-        """Returns how many follower timelines were written."""
+        """Returns how many follower timelines were written. `capped`: tweet_ids are the
+        author's newest, cut at a limit (see RedisTimelineStore.merge_into_timelines)."""
         written = 0
         async for chunk in self._follows.active_follower_chunks(
             author_id, self._active_since(), self._chunk_size
         ):
-            await self._store.push_to_timelines(chunk, tweet_ids)
+            await self._store.merge_into_timelines(chunk, tweet_ids, capped=capped)
             written += len(chunk)
             # Only after the timelines hold it: a socket that reconnects and reads its
             # timeline must find what it was not sent live.
@@ -179,4 +185,6 @@ class Fanout:
             [author.id], before=None, after=None, limit=self._mode_change_backfill
         )
         if recent:
-            await self.push_to_followers(author.id, recent)
+            await self.push_to_followers(
+                author.id, recent, capped=len(recent) >= self._mode_change_backfill
+            )

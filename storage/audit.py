@@ -29,7 +29,7 @@ from domain.ids import smallest_id_at
 from domain.rules import is_celebrity_after
 from storage.hydrate import TweetReader
 from storage.postgres import Database
-from storage.redis_store import SENTINEL, RedisKeys, RedisTimelineStore
+from storage.redis_store import SENTINEL, TRIMMED, RedisKeys, RedisTimelineStore
 from storage.repositories import TweetRepository, insert_event
 from storage.request_id import current_request_id
 from storage.search_index import MissingCollection
@@ -258,10 +258,11 @@ class TimelineAuditor:
         raw: list[bytes] = await self._redis.zrange(key, 0, -1)  # type: ignore[assignment]
         if not raw:
             return None
-        sentinel = SENTINEL.encode()
+        sentinel, trimmed = SENTINEL.encode(), TRIMMED.encode()
         complete = sentinel in raw
-        members = [int(m) for m in raw if m != sentinel]
-        full = len(members) >= self._store.max_entries
+        members = [int(m) for m in raw if m not in (sentinel, trimmed)]
+        # Marked: older entries were dropped, and below its oldest one Postgres serves.
+        full = trimmed in raw
         now = datetime.now(UTC)
         last_seen = await self._db.pool.fetchval(_USER_STATE, user_id)
         if last_seen is None:

@@ -11,7 +11,7 @@ and rebuilt from Postgres."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import msgspec
@@ -24,6 +24,9 @@ from storage.metrics import RATE_LIMIT_REJECTIONS
 from storage.resp import RespClient, Script
 
 SENTINEL = encode_member(0)
+# In a set that has dropped entries (trimmed to its cap, or merged from a capped source):
+# what is older than its oldest entry must come from Postgres. Sorts just above the sentinel.
+TRIMMED = encode_member(1)
 
 # Errors that mean "Redis is not usable right now": the caller falls back to Postgres.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -82,24 +85,13 @@ class RedisKeys:
 def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""
     upper = "(" + encode_member(before) if before is not None else "+"
-    lower = "(" + encode_member(after) if after is not None else "(" + SENTINEL
+    lower = "(" + encode_member(max(after, 1)) if after is not None else "(" + TRIMMED
     return upper, lower
 
 
-# Push to an author list only where it is already complete; a partial list would hide the
-# author's older tweets from the read-time merge.
-_PUSH_IF_COMPLETE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-  redis.call('ZADD', KEYS[1], 0, ARGV[1])
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[3]) + 1))
-end
-return 1
-"""
-
-
 # The first ARGV[5] keys are plain values, returned as they are (GET). Then per sorted set:
-# false when it is missing (no sentinel), else {size, page}. ARGV: sentinel, ZREVRANGEBYLEX
-# max and min, count, number of plain keys.
+# false when it is missing (no sentinel), else {1 if marked TRIMMED else 0, page}. ARGV:
+# sentinel, ZREVRANGEBYLEX max and min, count, number of plain keys, the TRIMMED marker.
 _PAGES = Script("""
 local out = {}
 local plain = tonumber(ARGV[5])
@@ -108,7 +100,7 @@ for i = 1, plain do
 end
 for i = plain + 1, #KEYS do
   if redis.call('ZSCORE', KEYS[i], ARGV[1]) then
-    out[i] = {redis.call('ZCARD', KEYS[i]),
+    out[i] = {redis.call('ZSCORE', KEYS[i], ARGV[6]) and 1 or 0,
               redis.call('ZREVRANGEBYLEX', KEYS[i], ARGV[2], ARGV[3], 'LIMIT', 0, ARGV[4])}
   else
     out[i] = false
@@ -118,21 +110,50 @@ return out
 """)
 
 
-# Every key: ZADD the members (score 0), then trim to the cap above the sentinel.
-_PUSH_MANY = """
-local members = {}
-for j = 2, #ARGV do
+# Adds members (score 0) to every key, then keeps the newest ARGV[1] entries above the
+# sentinel and the TRIMMED marker, setting the marker when it drops any: below a marked set's
+# oldest entry, Postgres may hold more. ARGV[2], when not empty, is the oldest member of a
+# source merged only in part (capped): below it the set cannot know what it misses, so it
+# keeps nothing there and is marked. ARGV[3], when not empty: a rebuild (add the sentinel,
+# set this TTL). ARGV[4] = "1": only into sets that are complete (have the sentinel), as a
+# partial author list would hide older tweets from the read-time merge. ARGV[5..]: members.
+_ADD = Script(f"""
+local max, floor, ttl, only_complete = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4] == '1'
+local members = {{}}
+for j = 5, #ARGV do
   members[#members + 1] = 0
   members[#members + 1] = ARGV[j]
 end
-if #members == 0 then return 0 end
-local trim = -(tonumber(ARGV[1]) + 1)
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], unpack(members))
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 1, trim)
+if ttl ~= '' then
+  members[#members + 1] = 0
+  members[#members + 1] = '{SENTINEL}'
 end
-return #KEYS
-"""
+if #members == 0 then return 0 end
+local written = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  if not only_complete or redis.call('ZSCORE', key, '{SENTINEL}') then
+    redis.call('ZADD', key, unpack(members))
+    local marked = redis.call('ZSCORE', key, '{TRIMMED}')
+    if floor ~= '' then
+      redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. floor)
+      if not marked then
+        redis.call('ZADD', key, 0, '{TRIMMED}')
+        marked = true
+      end
+    end
+    local base = marked and 2 or 1
+    if redis.call('ZREMRANGEBYRANK', key, base, -(max + 1)) > 0 and not marked then
+      redis.call('ZADD', key, 0, '{TRIMMED}')
+    end
+    if ttl ~= '' then
+      redis.call('EXPIRE', key, tonumber(ttl))
+    end
+    written = written + 1
+  end
+end
+return written
+""")
 
 
 class TimelinePage(msgspec.Struct, frozen=True):
@@ -163,8 +184,7 @@ class RedisTimelineStore:
         self._keys = keys
         self.max_entries = max_entries
         self._ttl = ttl
-        self._push_if_complete = client.register_script(_PUSH_IF_COMPLETE)
-        self._push_many = client.register_script(_PUSH_MANY)
+        self._add = client.register_script(_ADD.body)
 
     async def _pages(
         self,
@@ -180,14 +200,12 @@ class RedisTimelineStore:
         Cluster the keys of one call must share a slot."""
         upper, lower = lex_range(before, after)
         replies = await self._reads.evalsha(
-            _PAGES, [*values, *keys], [SENTINEL, upper, lower, count, len(values)]
+            _PAGES, [*values, *keys], [SENTINEL, upper, lower, count, len(values), TRIMMED]
         )
         pages = [
             None
             if reply is None
-            else TimelinePage(
-                ids=[int(m) for m in reply[1]], truncated=reply[0] - 1 >= self.max_entries
-            )
+            else TimelinePage(ids=[int(m) for m in reply[1]], truncated=reply[0] == 1)
             for reply in replies[len(values) :]
         ]
         return replies[: len(values)], pages
@@ -243,39 +261,67 @@ class RedisTimelineStore:
         normal authors and celebrities is stale."""
         await self._redis.incr(self._keys.celebrity_version())
 
-    async def populate_timeline(self, user_id: int, tweet_ids: Iterable[int]) -> None:
+    async def populate_timeline(self, user_id: int, tweet_ids: Sequence[int]) -> None:
         """Merges the ids into the timeline and marks it complete. Existing entries are kept
         rather than replaced: a push that raced this rebuild must not be wiped out, and stale
         entries are filtered at read time anyway."""
         await self._populate(self._keys.timeline(user_id), tweet_ids)
 
-    async def populate_author(self, author_id: int, tweet_ids: Iterable[int]) -> None:
+    async def populate_author(self, author_id: int, tweet_ids: Sequence[int]) -> None:
         await self._populate(self._keys.author_tweets(author_id), tweet_ids)
 
-    async def _populate(self, key: str, tweet_ids: Iterable[int]) -> None:
-        mapping = {encode_member(t): 0 for t in tweet_ids}
-        mapping[SENTINEL] = 0
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, mapping)
-            pipe.zremrangebyrank(key, 1, -(self.max_entries + 1))
-            pipe.expire(key, self._ttl)
-            await pipe.execute()
+    async def _populate(self, key: str, tweet_ids: Sequence[int]) -> None:
+        """`tweet_ids`: the source's newest, newest first, at most max_entries of them; as
+        many as that means older ones may exist."""
+        capped = len(tweet_ids) >= self.max_entries
+        await self._add_members(
+            [key], tweet_ids, floor=tweet_ids[-1] if capped else None, ttl=self._ttl
+        )
+
+    async def _add_members(
+        self,
+        keys: Sequence[str],
+        tweet_ids: Sequence[int],
+        *,
+        floor: int | None = None,
+        ttl: int | None = None,
+        only_complete: bool = False,
+    ) -> None:
+        await self._add(
+            keys=keys,
+            args=[
+                self.max_entries,
+                encode_member(floor) if floor is not None else "",
+                ttl if ttl is not None else "",
+                "1" if only_complete else "0",
+                *(encode_member(t) for t in tweet_ids),
+            ],
+        )
 
     async def keep_alive(self, user_id: int) -> None:
         await self._redis.expire(self._keys.timeline(user_id), self._ttl)
 
     async def push_to_timelines(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        """One script call for a chunk of followers: add, then trim to the cap (rank 0 is the
-        sentinel, so trimming starts at rank 1). A pipeline of ZADD + ZREMRANGEBYRANK per
+        """One script call for a chunk of followers: add, then trim to the cap (above the
+        sentinel and the TRIMMED marker). A pipeline of ZADD + ZREMRANGEBYRANK per
         follower spent its time packing commands in Python: 24k inserts/s against 163k/s
         for this (bench/fanout.py). On Redis Cluster the keys of one call must share a slot:
         chunk by slot there."""
         if not user_ids:
             return
-        await self._push_many(
-            keys=[self._keys.timeline(u) for u in user_ids],
-            args=[self.max_entries, *(encode_member(t) for t in tweet_ids)],
-        )
+        await self._add_members([self._keys.timeline(u) for u in user_ids], tweet_ids)
+
+    async def merge_into_timelines(
+        self, user_ids: Sequence[int], tweet_ids: Sequence[int], *, capped: bool
+    ) -> None:
+        """Adds an author's newest tweets (newest first) to the timelines. `capped`: the list
+        was cut at a limit, so the author's older tweets are missing below its oldest."""
+        if user_ids and tweet_ids:
+            await self._add_members(
+                [self._keys.timeline(u) for u in user_ids],
+                tweet_ids,
+                floor=tweet_ids[-1] if capped else None,
+            )
 
     async def unpush_from_timelines(
         self, user_ids: Sequence[int], tweet_ids: Sequence[int]
@@ -289,9 +335,8 @@ class RedisTimelineStore:
             await pipe.execute()
 
     async def push_to_author(self, author_id: int, tweet_id: int) -> None:
-        await self._push_if_complete(
-            keys=[self._keys.author_tweets(author_id)],
-            args=[encode_member(tweet_id), SENTINEL, self.max_entries],
+        await self._add_members(
+            [self._keys.author_tweets(author_id)], [tweet_id], only_complete=True
         )
 
     async def unpush_from_author(self, author_id: int, tweet_id: int) -> None:

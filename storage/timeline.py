@@ -224,8 +224,9 @@ class HomeTimeline:
         recent = await self._tweets.ids_by_authors(
             [author_id], before=None, after=None, limit=self.merge_backfill
         )
-        if recent:
-            await self._store.push_to_timelines([user_id], recent)
+        await self._store.merge_into_timelines(
+            [user_id], recent, capped=len(recent) >= self.merge_backfill
+        )
 
     async def unmerge_from_timeline(self, user_id: int, author_id: int) -> None:
         """After an unfollow: the former followee's tweets leave the follower's timeline."""

@@ -30,6 +30,8 @@ from web.workers import fanout_consumer
 ID_RE = re.compile(r"^[1-9][0-9]*$")
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SENTINEL = "0" * ID_WIDTH
+# Marks a timeline that dropped older entries (storage/redis_store.py TRIMMED).
+TRIMMED = "0" * (ID_WIDTH - 1) + "1"
 E = TypeVar("E")
 
 

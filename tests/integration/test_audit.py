@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from storage.audit import CELEBRITY, DELETED, NOT_FOLLOWED, TimelineAuditor, TimelineDrift
 from tests.support import (
     SENTINEL,
+    TRIMMED,
     Account,
     Api,
     FanoutRun,
@@ -228,7 +229,7 @@ async def test_a_full_timeline_is_not_reported_missing_the_tweets_trimmed_below_
         ids = (await alice.post_many(8))[::-1]
         stray = (await carol.post("not followed by bob"))["id"]
         bob = await follower_of(alice, api)  # the follow merges alice's newest, capped at 5
-        newest_five = [SENTINEL, *sorted(member(i) for i in ids[:5])]
+        newest_five = [SENTINEL, TRIMMED, *sorted(member(i) for i in ids[:5])]
         assert await timeline_members(redis_client, settings, bob.id) == newest_five
         await index_tweets(services, alice, bob, carol)
         assert (await audit(five, bob)).clean
@@ -237,7 +238,7 @@ async def test_a_full_timeline_is_not_reported_missing_the_tweets_trimmed_below_
         # drops below the window, where reads go to Postgres. Only the stray entry is drift.
         key = timeline_key(settings, bob.id)
         await redis_client.zadd(key, {member(stray): 0})
-        await redis_client.zremrangebyrank(key, 1, -6)
+        await redis_client.zremrangebyrank(key, 2, -6)
         found = drift_of((await audit(five, bob)).before, bob)
         assert found.full and not found.missing
         assert [e.tweet_id for e in found.extra] == [int(stray)]
@@ -247,8 +248,8 @@ async def test_a_full_timeline_is_not_reported_missing_the_tweets_trimmed_below_
 
         await redis_client.zrem(key, member(ids[0]))
         found = drift_of((await audit(five, bob)).before, bob)
-        # Not full any more: all that Postgres has within the window of 5 must be there.
-        assert not found.full and found.missing == [int(ids[0])]
+        # Still marked as trimmed: above its oldest entry, everything must be there.
+        assert found.full and found.missing == [int(ids[0])]
 
 
 async def test_an_inactive_users_timeline_is_not_reported_missing_what_fanout_skipped(

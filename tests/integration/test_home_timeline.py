@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from tests.support import (
     SENTINEL,
+    TRIMMED,
     Api,
     FanoutRun,
     assert_error,
@@ -19,6 +20,7 @@ from tests.support import (
     timeline_key,
     timeline_members,
 )
+from web.container import provide_services
 from web.settings import Settings
 
 
@@ -211,11 +213,46 @@ async def test_a_trimmed_timeline_still_pages_to_the_end_through_postgres(
             for limit in (1, 3, 5, 6, 20):
                 assert await account.all_timeline_ids(limit=limit) == ids, (account, limit)
             members = await timeline_members(redis_client, settings, account.id)
-            assert members[0] == SENTINEL
-            assert 1 <= len(members) - 1 <= 5
-            assert members[1:] == sorted(member(i) for i in ids[:5])
+            assert members[:2] == [SENTINEL, TRIMMED]
+            assert members[2:] == sorted(member(i) for i in ids[:5])
         # A cursor in the middle, below the Redis window, keeps going.
         assert await bob.timeline_ids(cursor=ids[6], limit=3) == ids[7:10]
+
+
+async def test_a_trimmed_timeline_that_loses_entries_still_pages_to_the_end(
+    settings: Settings,
+) -> None:
+    # Found by `chirp audit`: a full set that then lost an entry (a deletion, an unfollow)
+    # no longer looked trimmed by its size, and paging stopped at its oldest entry.
+    async with running_app(settings.with_overrides(timeline_max=5)) as api:
+        alice, bob = await api.sign_up(), await api.sign_up()
+        await bob.follow(alice)
+        ids = (await alice.post_many(7))[::-1]
+        assert await bob.all_timeline_ids(limit=3) == ids  # built on read, capped at 5
+        await alice.delete(ids[0])
+        for limit in (1, 3, 20):
+            assert await bob.all_timeline_ids(limit=limit) == ids[1:], limit
+
+
+async def test_merging_a_capped_list_of_an_authors_tweets_leaves_no_gap(
+    api: Api, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # A follow merges only the followee's newest tweets (200; a switch back to push mode,
+    # 50). Entries older than the oldest merged one would hide the followee's tweets in
+    # between, so they are dropped and the set is marked for Postgres to serve below.
+    bob, old, prolific = await api.sign_up(), await api.sign_up(), await api.sign_up()
+    await bob.follow(old)
+    await bob.follow(prolific)
+    early = await old.post("early")
+    newest_first = (await prolific.post_many(3))[::-1]
+    async with provide_services(settings, process_name="test-merge") as services:
+        await redis_client.delete(timeline_key(settings, bob.id))
+        await services.store.populate_timeline(bob.int_id, [int(early["id"])])
+        capped = [int(i) for i in newest_first[:2]]
+        await services.store.merge_into_timelines([bob.int_id], capped, capped=True)
+    members = await timeline_members(redis_client, settings, bob.id)
+    assert members == [SENTINEL, TRIMMED, *sorted(member(i) for i in newest_first[:2])]
+    assert await bob.all_timeline_ids(limit=2) == [*newest_first, early["id"]]
 
 
 async def test_deleted_tweets_vanish_from_timelines_even_with_stale_redis_entries(
