@@ -54,6 +54,16 @@ class FanoutModeChanged(Event, frozen=True, tag="author.mode"):
 
 AnyEvent = TweetPosted | TweetDeleted | Followed | Unfollowed | FanoutModeChanged
 
+
+def ordering_key(event: AnyEvent) -> int:
+    """The author whose tweets the event moves in or out of timelines. Events with the same
+    key are applied in stream order (a push must not land after the unfollow that should
+    have removed it); events with different keys touch disjoint entries and may run at once."""
+    if isinstance(event, Followed | Unfollowed):
+        return event.followee_id
+    return event.author_id
+
+
 _decoder = msgspec.json.Decoder(AnyEvent)
 _encoder = msgspec.json.Encoder()
 

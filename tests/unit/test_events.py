@@ -16,6 +16,7 @@ from domain.events import (
     Unfollowed,
     decode_event,
     encode_event,
+    ordering_key,
 )
 
 BIG = 2**62 + 12345
@@ -66,3 +67,16 @@ def test_events_are_immutable() -> None:
     event = Followed(event_id=1, follower_id=1, followee_id=2)
     with pytest.raises(AttributeError):
         event.follower_id = 3  # type: ignore[misc]
+
+
+def test_events_about_one_authors_tweets_share_an_ordering_key() -> None:
+    author, reader = 7, 9
+    about_author = [
+        TweetPosted(event_id=1, tweet_id=10, author_id=author),
+        TweetDeleted(event_id=2, tweet_id=10, author_id=author),
+        Followed(event_id=3, follower_id=reader, followee_id=author),
+        Unfollowed(event_id=4, follower_id=reader, followee_id=author),
+        FanoutModeChanged(event_id=5, author_id=author, celebrity=True),
+    ]
+    assert {ordering_key(e) for e in about_author} == {author}
+    assert ordering_key(TweetPosted(event_id=6, tweet_id=11, author_id=reader)) == reader
