@@ -23,14 +23,24 @@ ID_WIDTH = 19
 
 class IdGenerator:
     def __init__(self, worker_id: int, clock_ms: Callable[[], int] | None = None) -> None:
-        if not 0 <= worker_id <= MAX_WORKER_ID:
-            raise ValueError(f"worker id must be in 0..{MAX_WORKER_ID}")
-        self._worker_id = worker_id
+        # Used from worker threads too (password hashing runs off the event loop).
+        self._lock = threading.Lock()
+        self._worker_id = 0
+        self.assign(worker_id)
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._last_ms = -1
         self._sequence = 0
-        # Used from worker threads too (password hashing runs off the event loop).
-        self._lock = threading.Lock()
+
+    @property
+    def worker_id(self) -> int:
+        return self._worker_id
+
+    def assign(self, worker_id: int) -> None:
+        """Sets the worker id (a process claims one at start, see Database.claim_worker_id)."""
+        if not 0 <= worker_id <= MAX_WORKER_ID:
+            raise ValueError(f"worker id must be in 0..{MAX_WORKER_ID}")
+        with self._lock:
+            self._worker_id = worker_id
 
     def next_id(self) -> int:
         with self._lock:

@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from domain.ids import MAX_WORKER_ID
 from storage.piccolo_conf import DB
+
+# The advisory lock class (first key) under which worker ids are claimed.
+WORKER_ID_LOCK_CLASS = 0x43484952  # "CHIR"
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -28,6 +32,25 @@ class Database:
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._lease: asyncpg.Connection | None = None
+
+    async def claim_worker_id(self) -> int:
+        """A Snowflake worker id (0-1023) that no other live process using this database
+        holds: the first free session-level advisory lock in Chirp's lock class, held on a
+        connection of its own until stop() or the process's death releases it. (Every
+        process started by `chirp serve --workers N` had the same configured id, and two
+        of them minting in the same millisecond made the same tweet id: a 500.)"""
+        if self._lease is None:
+            self._lease = await asyncpg.connect(self.database_url)
+        claimed = await self._lease.fetchval(
+            "SELECT i FROM generate_series(0, $2::int) AS i"
+            " WHERE pg_try_advisory_lock($1::int, i) LIMIT 1",
+            WORKER_ID_LOCK_CLASS,
+            MAX_WORKER_ID,
+        )
+        if claimed is None:
+            raise RuntimeError(f"all {MAX_WORKER_ID + 1} worker ids are held by live processes")
+        return int(claimed)
 
     async def start(self) -> None:
         DB.config = {"dsn": self.database_url}
@@ -42,6 +65,10 @@ class Database:
             )
 
     async def stop(self) -> None:
+        if self._lease is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await self._lease.close()
+            self._lease = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -129,9 +129,13 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
         prepare_streams = services.link.on_connect
 
         async def on_connect() -> None:
-            if prepare_streams is not None:
-                await prepare_streams()
-            await hub.resubscribe()
+            # Sockets opened before NATS answered must get their subscriptions even when
+            # preparing the streams fails this time (it is retried on the next connect).
+            try:
+                if prepare_streams is not None:
+                    await prepare_streams()
+            finally:
+                await hub.resubscribe()
 
         services.link.on_connect = on_connect
         tasks: list[asyncio.Task[None]] = [

@@ -118,7 +118,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         breaker=breaker,
         link=link,
         names=names,
-        ids=IdGenerator(settings.worker_id),
+        ids=IdGenerator(max(settings.worker_id, 0)),
         users=users,
         tokens=TokenRepository(db),
         tweets=tweets,
@@ -140,6 +140,8 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
 
 async def start_services(services: Services, *, wait_for_nats: bool = False) -> None:
     await services.db.start()
+    if services.settings.worker_id < 0:
+        services.ids.assign(await services.db.claim_worker_id())
     await services.media_store.start()
 
     async def prepare_streams() -> None:

@@ -30,7 +30,9 @@ class Settings:
     timeline_max: int = 800
     # Users not seen for this many days get no fanout; their timeline is rebuilt on return.
     active_days: int = 30
-    worker_id: int = 0
+    # The Snowflake worker id, 0-1023; -1 (the default): each process claims a free one from
+    # Postgres at start, so processes never share one.
+    worker_id: int = -1
     # Prefixes that let several instances (and the tests) share one Redis and one NATS.
     redis_prefix: str = ""
     stream: str = "CHIRP"
