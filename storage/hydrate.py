@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from domain.model import Author, Tweet, TweetView
+from storage.local_cache import ExpiringCache
 from storage.metrics import CACHE_REQUESTS
 from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisObjectCache
 from storage.repositories import TweetRepository, UserRepository
@@ -27,6 +28,10 @@ class TweetReader:
         self._tweet_cache = tweet_cache
         self._author_cache = author_cache
         self._breaker = breaker
+        # Authors never change (usernames and display names are set at sign-up), so each
+        # process keeps the ones it has seen and a timeline page usually needs no author
+        # round trip; the expiry bounds staleness should profiles ever become editable.
+        self._local_authors: ExpiringCache[int, Author] = ExpiringCache(300.0)
 
     async def tweets(self, ids: Sequence[int]) -> dict[int, Tweet]:
         found: dict[int, Tweet] = await self._cached(self._tweet_cache, ids)
@@ -38,13 +43,25 @@ class TweetReader:
         return found
 
     async def authors(self, ids: Sequence[int]) -> dict[int, Author]:
-        found: dict[int, Author] = await self._cached(self._author_cache, ids)
-        missing = [i for i in ids if i not in found]
+        found: dict[int, Author] = {}
+        remote = []
+        for i in ids:
+            known = self._local_authors.get(i)
+            if known is None:
+                remote.append(i)
+            else:
+                found[i] = known
+        if not remote:
+            return found
+        cached: dict[int, Author] = await self._cached(self._author_cache, remote)
+        missing = [i for i in remote if i not in cached]
         if missing:
             loaded = await self._users.authors(missing)
-            found.update(loaded)
+            cached.update(loaded)
             await self._store(self._author_cache, loaded)
-        return found
+        for author in cached.values():
+            self._local_authors.put(author.id, author)
+        return found | cached
 
     async def views(
         self,
@@ -88,14 +105,6 @@ class TweetReader:
             return
         try:
             await self._tweet_cache.invalidate(ids)
-        except REDIS_ERRORS:
-            self._breaker.trip()
-
-    async def forget_authors(self, ids: Sequence[int]) -> None:
-        if not self._breaker.closed:
-            return
-        try:
-            await self._author_cache.invalidate(ids)
         except REDIS_ERRORS:
             self._breaker.trip()
 

@@ -7,7 +7,6 @@ will reach the workers through the outbox, and the read path tolerates a stale R
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +25,7 @@ from domain.rules import (
     validate_username,
 )
 from domain.timeline import page_cursor
+from storage.local_cache import ExpiringCache
 from storage.redis_store import REDIS_ERRORS, RateLimitDecision
 from storage.request_id import current_request_id
 from storage.timeline import HomePage
@@ -45,36 +45,6 @@ class Principal(msgspec.Struct, frozen=True):
     token_hash: bytes
 
 
-class PrincipalCache:
-    """Whom a token belongs to, remembered per process for `ttl` seconds: the lookup was a
-    Postgres query on every authenticated request, the largest single cost of a timeline
-    read. Bounded; the oldest entries go first."""
-
-    def __init__(self, ttl: float, *, max_entries: int = 50_000) -> None:
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: dict[bytes, tuple[Principal, float]] = {}
-
-    def get(self, token_hash: bytes) -> Principal | None:
-        entry = self._entries.get(token_hash)
-        if entry is None:
-            return None
-        if entry[1] < time.monotonic():
-            del self._entries[token_hash]
-            return None
-        return entry[0]
-
-    def put(self, principal: Principal) -> None:
-        if self._ttl <= 0:
-            return
-        if len(self._entries) >= self._max_entries:
-            del self._entries[next(iter(self._entries))]
-        self._entries[principal.token_hash] = (principal, time.monotonic() + self._ttl)
-
-    def evict(self, token_hash: bytes) -> None:
-        self._entries.pop(token_hash, None)
-
-
 class UserPage(msgspec.Struct, frozen=True):
     users: list[tuple[User, bool]]  # (user, whether the viewer follows them)
     next_cursor: int | None
@@ -89,7 +59,11 @@ class Chirp:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.media = MediaService(services)
-        self._principals = PrincipalCache(services.settings.auth_cache_seconds)
+        # Whom a token belongs to: the lookup was a Postgres query on every authenticated
+        # request, the largest single cost of a timeline read.
+        self._principals: ExpiringCache[bytes, Principal] = ExpiringCache(
+            services.settings.auth_cache_seconds
+        )
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -167,7 +141,7 @@ class Chirp:
         if found is None:
             return None
         principal = Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
-        self._principals.put(principal)
+        self._principals.put(token_hash, principal)
         return principal
 
     async def sign_out(self, principal: Principal) -> None:
@@ -346,7 +320,9 @@ class Chirp:
         if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
             inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)
             await self.s.users.touch_last_seen(user_id)
-            self._principals.put(msgspec.structs.replace(principal, last_seen_at=now))
+            self._principals.put(
+                principal.token_hash, msgspec.structs.replace(principal, last_seen_at=now)
+            )
             # Fanout skipped this user while inactive: their Redis timeline (if any survived)
             # is missing tweets, so rebuild it before serving it.
             if inactive:
