@@ -46,12 +46,14 @@ class _Protocol(asyncio.Protocol):
         # Per connection: a reconnect must not hand the old connection's replies (or its
         # failure) to calls waiting on the new one.
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.last_reply = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they do implement it.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_reply = time.monotonic()
         self._reader.feed(data)
         waiting = self.waiting
         while True:
@@ -175,7 +177,10 @@ class RespClient:
         if protocol is None or not protocol.waiting:
             return
         _, sent = protocol.waiting[0]
-        overdue = time.monotonic() - sent - self._reply_timeout
+        # Overdue only while Redis is silent: replies that are arriving but not yet handled
+        # because this process is busy (its loop lagging under load) are no reason to drop
+        # the connection and fail every caller, which would only add load.
+        overdue = time.monotonic() - max(sent, protocol.last_reply) - self._reply_timeout
         if overdue >= 0:
             self._protocol = None
             protocol.fail(TimeoutError("Redis did not reply in time"))

@@ -22,7 +22,7 @@ from domain.errors import DomainError
 from realtime.live import LiveHub
 from storage.metrics import forget_dead_processes
 from web.api import AccountController, TimelineController, TweetController, UserController
-from web.container import Services, build_services, start_services, stop_services
+from web.container import Services, build_services, settle_heap, start_services, stop_services
 from web.csrf import csrf_guard
 from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             tasks.append(
                 asyncio.create_task(supervise("relay-sweeper", services.relay.run_sweeper))
             )
+        settle_heap()
         try:
             yield
         finally:

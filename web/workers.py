@@ -17,7 +17,7 @@ from realtime.indexer import (
 )
 from realtime.live import LivePublisher
 from storage.fanout_log import FanoutLog
-from web.container import Services, provide_services
+from web.container import Services, provide_services, settle_heap
 from web.settings import Settings
 
 log = logging.getLogger("chirp.worker")
@@ -64,5 +64,6 @@ async def run_worker(settings: Settings, name: str) -> None:
                 log.warning("search reconcile at start failed", extra={"error": repr(error)})
         else:
             raise SystemExit(f"unknown worker {name!r}")
+        settle_heap()
         log.info("worker started", extra={"worker": name})
         await consumer.run(stop)
