@@ -16,7 +16,7 @@ ifeq ($(UV),)
 UV = $(or $(shell $(UV_SEARCH)),uv)
 endif
 
-.PHONY: help uv venv run test lint fmt bench clean
+.PHONY: help uv venv run test lint fmt bench faults clean
 
 help:
 	@echo "make run    start the whole system (embedded services if none answer)"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint   ruff, ruff format --check, mypy, import-linter"
 	@echo "make fmt    apply ruff fixes and formatting"
 	@echo "make bench  run the benchmarks (bench/)"
+	@echo "make faults the long fault suite: kills and restarts under load (FAULTS_ARGS)"
 	@echo "make clean  remove var/ (embedded service data)"
 
 uv:
@@ -57,6 +58,12 @@ bench: uv
 	else \
 		echo "no benchmarks exist yet (bench/__main__.py is missing)"; \
 	fi
+
+# The long fault suite (tests/faults): 10 minutes of load while processes are killed and
+# services restarted, then the invariants. FAULTS_ARGS="--duration 300 --seed 3" etc.;
+# `uv run python -m tests.faults --help` lists them. A short version runs in `make test`.
+faults: venv
+	"$(UV)" run python -m tests.faults $(FAULTS_ARGS)
 
 clean:
 	rm -rf var

@@ -53,6 +53,7 @@ __all__ = [
     "free_port",
     "start_nats",
     "start_redis",
+    "start_typesense",
 ]
 
 SERVICES: tuple[str, ...] = ("postgres", "redis", "nats", "typesense")
@@ -615,6 +616,14 @@ def start_nats(port: int, store_dir: Path) -> ManagedProcess:
         ready_timeout=15.0,
         description=f"nats-server on 127.0.0.1:{port}",
     )
+    process.start()
+    return process
+
+
+def start_typesense(port: int, dir: Path, api_key: str) -> ManagedProcess:
+    """A private Typesense (the embedded wheel's server) on 127.0.0.1:port with its data under
+    dir, started and ready. restart() keeps the ports and the data directory."""
+    process = _prepare_typesense(f"http://127.0.0.1:{port}", api_key, dir, lambda _: None)
     process.start()
     return process
 
