@@ -391,6 +391,19 @@ class TweetRepository:
             )
             return new
 
+    async def liked_since(self, user_id: int, oldest: int, *, limit: int) -> set[int] | None:
+        """Every tweet from `oldest` on that the user likes; None when there are more than
+        `limit` of them."""
+        rows = await self._db.pool.fetch(
+            "SELECT tweet_id FROM likes WHERE user_id = $1 AND tweet_id >= $2 LIMIT $3",
+            user_id,
+            oldest,
+            limit + 1,
+        )
+        if len(rows) > limit:
+            return None
+        return {r["tweet_id"] for r in rows}
+
     async def liked_among(self, user_id: int, tweet_ids: Sequence[int]) -> set[int]:
         if not tweet_ids:
             return set()
@@ -469,6 +482,13 @@ class FollowRepository:
         event_ids: Sequence[int],
         events: list[Event],
     ) -> None:
+        # Both users' rows, locked in id order before either is updated: two users following
+        # each other at the same moment would otherwise lock them in opposite orders and
+        # deadlock (one request failing with a 500).
+        await connection.execute(
+            "SELECT 1 FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
+            [follower_id, followee_id],
+        )
         await connection.execute(
             "UPDATE users SET following_count = following_count + $2 WHERE id = $1",
             follower_id,
