@@ -4,6 +4,7 @@ oldest entry goes first."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Generic, TypeVar
 
@@ -32,7 +33,9 @@ class ExpiringCache(Generic[K, V]):
         self._entries.pop(key, None)
         if len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
-        self._entries[key] = (value, time.monotonic() + self._ttl)
+        # Jittered, so entries filled together (a burst of sign-ins, a restart) do not all
+        # expire together and send their reloads at once.
+        self._entries[key] = (value, time.monotonic() + self._ttl * random.uniform(0.8, 1.0))
 
     def evict(self, key: K) -> None:
         self._entries.pop(key, None)

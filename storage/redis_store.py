@@ -10,6 +10,7 @@ and rebuilt from Postgres."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -81,6 +82,9 @@ class RedisKeys:
     def celebrity_version(self) -> str:
         return f"{self.prefix}cv"
 
+    def like_version(self, user_id: int) -> str:
+        return f"{self.prefix}lv:{user_id}"
+
 
 def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""
@@ -89,14 +93,20 @@ def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     return upper, lower
 
 
-# The first ARGV[5] keys are plain values, returned as they are (GET). Then per sorted set:
-# false when it is missing (no sentinel), else {1 if marked TRIMMED else 0, page}. ARGV:
-# sentinel, ZREVRANGEBYLEX max and min, count, number of plain keys, the TRIMMED marker.
+# The first ARGV[5] keys are version values (GET), a missing one set to ARGV[7] first (a
+# fresh token: see RedisTimelineStore.bump_version). Then per sorted set: false when it is
+# missing (no sentinel), else {1 if marked TRIMMED else 0, page}. ARGV: sentinel,
+# ZREVRANGEBYLEX max and min, count, number of version keys, the TRIMMED marker, the token.
 _PAGES = Script("""
 local out = {}
 local plain = tonumber(ARGV[5])
 for i = 1, plain do
-  out[i] = redis.call('GET', KEYS[i])
+  local value = redis.call('GET', KEYS[i])
+  if not value then
+    redis.call('SET', KEYS[i], ARGV[7])
+    value = ARGV[7]
+  end
+  out[i] = value
 end
 for i = plain + 1, #KEYS do
   if redis.call('ZSCORE', KEYS[i], ARGV[1]) then
@@ -156,6 +166,15 @@ return written
 """)
 
 
+def new_version() -> str:
+    """A version value never handed out before. Versions are not counters: a Redis restart
+    empties them, and a counter starting again (or a version missing again) would match what
+    some process cached before the restart, so a stale follow list would look current. A
+    missing version is set to a fresh one by the read that finds it missing, for the same
+    reason."""
+    return secrets.token_hex(8)
+
+
 class TimelinePage(msgspec.Struct, frozen=True):
     ids: list[int]
     # The set was trimmed to its cap: older entries exist only in Postgres.
@@ -163,10 +182,12 @@ class TimelinePage(msgspec.Struct, frozen=True):
 
 
 class HomePages(msgspec.Struct, frozen=True):
-    # (follow list version, celebrity set version); None where never bumped (or Redis lost it)
+    # (follow list version, celebrity set version), set by the read where missing
     versions: tuple[bytes | None, bytes | None]
     home: TimelinePage | None
     authors: dict[int, TimelinePage | None]
+    # Version of the user's likes (`lv:{user}`), for the per-process copy of them.
+    likes_version: bytes | None = None
 
 
 class RedisTimelineStore:
@@ -200,7 +221,9 @@ class RedisTimelineStore:
         Cluster the keys of one call must share a slot."""
         upper, lower = lex_range(before, after)
         replies = await self._reads.evalsha(
-            _PAGES, [*values, *keys], [SENTINEL, upper, lower, count, len(values), TRIMMED]
+            _PAGES,
+            [*values, *keys],
+            [SENTINEL, upper, lower, count, len(values), TRIMMED, new_version()],
         )
         pages = [
             None
@@ -234,12 +257,17 @@ class RedisTimelineStore:
             before,
             after,
             count,
-            values=[self._keys.follow_version(user_id), self._keys.celebrity_version()],
+            values=[
+                self._keys.follow_version(user_id),
+                self._keys.celebrity_version(),
+                self._keys.like_version(user_id),
+            ],
         )
         return HomePages(
             versions=(versions[0], versions[1]),
             home=pages[0],
             authors=dict(zip(celebrity_ids, pages[1:], strict=True)),
+            likes_version=versions[2],
         )
 
     async def author_pages(
@@ -254,12 +282,17 @@ class RedisTimelineStore:
     async def bump_follow_version(self, user_id: int) -> None:
         """After the user's follow list changed (and was committed): every process's cached
         copy of it is stale from now on."""
-        await self._redis.incr(self._keys.follow_version(user_id))
+        await self._redis.set(self._keys.follow_version(user_id), new_version())
+
+    async def bump_like_version(self, user_id: int) -> None:
+        """After the user liked or unliked (committed): cached copies of their likes are
+        stale."""
+        await self._redis.set(self._keys.like_version(user_id), new_version())
 
     async def bump_celebrity_version(self) -> None:
         """After an author changed fanout mode: every cached split of follow lists into
         normal authors and celebrities is stale."""
-        await self._redis.incr(self._keys.celebrity_version())
+        await self._redis.set(self._keys.celebrity_version(), new_version())
 
     async def populate_timeline(self, user_id: int, tweet_ids: Sequence[int]) -> None:
         """Merges the ids into the timeline and marks it complete. Existing entries are kept

@@ -14,7 +14,7 @@ import msgspec
 
 from domain.model import TweetView
 from domain.timeline import in_window, merge_newest_first, page_cursor, visible_authors
-from storage.hydrate import TweetReader
+from storage.hydrate import LikedLookup, TweetReader
 from storage.local_cache import ExpiringCache
 from storage.metrics import TIMELINE_ASSEMBLY_SECONDS
 from storage.redis_store import (
@@ -36,6 +36,17 @@ class CachedFollowees(msgspec.Struct, frozen=True):
     versions: tuple[bytes | None, bytes | None]
     normal: list[int]
     celebrities: list[int]
+
+
+class CachedLikes(msgspec.Struct, frozen=True):
+    version: bytes | None
+    # Every tweet from this id on that the user likes is in tweet_ids.
+    oldest: int
+    tweet_ids: frozenset[int]
+
+
+# Per user, the most likes a process keeps; beyond it the likes are asked for per page.
+LIKES_KEPT = 2_000
 
 
 class HomePage(msgspec.Struct, frozen=True):
@@ -69,6 +80,7 @@ class HomeTimeline:
         # the Postgres query that was a third of a timeline read. Entries also expire, in
         # case a bump was lost with Redis.
         self._followees: ExpiringCache[int, CachedFollowees] = ExpiringCache(60.0)
+        self._likes: ExpiringCache[int, CachedLikes] = ExpiringCache(60.0)
 
     async def read(
         self, user_id: int, *, before: int | None = None, after: int | None = None, limit: int = 20
@@ -79,9 +91,11 @@ class HomeTimeline:
         ids: list[int] | None = None
         redis_usable = self._breaker.closed
         followees: Followees | None = None
+        liked: LikedLookup | None = None
         if redis_usable:
             try:
                 followees, pages = await self._redis_pages(user_id, before, after, want)
+                liked = self._liked_lookup(user_id, pages.likes_version)
                 ids, source = await self._candidates_from_redis(
                     user_id, followees, before, after, want, pages
                 )
@@ -95,14 +109,14 @@ class HomeTimeline:
             ids = await self._tweets.ids_by_authors(
                 list(authors), before=before, after=after, limit=want
             )
-        views = await self._reader.views(user_id, ids, visible_authors=authors)
+        views = await self._reader.views(user_id, ids, visible_authors=authors, liked=liked)
         if len(views) < len(ids) and len(ids) == want:
             # Redis held stale entries (deleted tweets, a push that raced an unfollow) that
             # the filter dropped: fill the page from Postgres, which holds none.
             more = await self._tweets.ids_by_authors(
                 list(authors), before=ids[-1], after=after, limit=want - len(views)
             )
-            views += await self._reader.views(user_id, more, visible_authors=authors)
+            views += await self._reader.views(user_id, more, visible_authors=authors, liked=liked)
         page = views[:limit]
         TIMELINE_ASSEMBLY_SECONDS.labels(source=source).observe(time.perf_counter() - started)
         return HomePage(
@@ -130,8 +144,30 @@ class HomeTimeline:
             authors = await self._store.author_pages(
                 celebrities, before=before, after=after, count=want
             )
-            pages = HomePages(versions=pages.versions, home=pages.home, authors=authors)
+            pages = msgspec.structs.replace(pages, authors=authors)
         return (normal, celebrities), pages
+
+    def _liked_lookup(self, user_id: int, version: bytes | None) -> LikedLookup:
+        """Which tweets the user likes, from this process's copy of their likes from some
+        tweet id on, while the version Redis keeps (`lv:{user}`, bumped after every like
+        and unlike) says it is current: the liked flags were the last Postgres query of a
+        timeline read. The version was read before the copy is loaded, so a like in between
+        makes the copy newer than its version, never older."""
+
+        async def liked(tweet_ids: list[int]) -> set[int]:
+            oldest = min(tweet_ids)
+            cached = self._likes.get(user_id)
+            if cached is not None and cached.version == version:
+                if oldest >= cached.oldest:
+                    return {t for t in tweet_ids if t in cached.tweet_ids}
+                oldest = min(oldest, cached.oldest)
+            found = await self._tweets.liked_since(user_id, oldest, limit=LIKES_KEPT)
+            if found is None:  # a prolific liker: ask for just these
+                return await self._tweets.liked_among(user_id, tweet_ids)
+            self._likes.put(user_id, CachedLikes(version, oldest, frozenset(found)))
+            return {t for t in tweet_ids if t in found}
+
+        return liked
 
     async def _candidates_from_redis(
         self,

@@ -290,6 +290,8 @@ class Chirp:
         else:
             count = await self.s.tweets.unlike(principal.user.id, tweet_id)
         await self.s.reader.forget_tweets([tweet_id])
+        # Processes keep a copy of each reader's likes while this version is unchanged.
+        await self._best_effort(self.s.store.bump_like_version(principal.user.id))
         return count
 
     async def replies(

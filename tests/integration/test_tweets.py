@@ -212,6 +212,28 @@ async def test_like_and_unlike_are_idempotent_with_counts_and_the_liked_flag(api
     assert (after["liked"], after["like_count"]) == (False, 1)
 
 
+async def test_a_like_and_a_reply_while_the_redis_breaker_is_open_still_reach_the_cache(
+    api: Api,
+) -> None:
+    # After a failed Redis call the breaker skips Redis for a moment. It skipped the cache
+    # invalidations too, while Redis itself was fine (a restarted Redis fails each pooled
+    # connection once): the cached copy kept its old counts for a day (found by tests/faults).
+    alice, bob = await api.sign_up(), await api.sign_up()
+    tweet = await alice.post("counted")
+    assert (await api.tweet(tweet["id"]))["like_count"] == 0  # now in the tweet cache
+    breaker = api.client.app.state.services.breaker
+    breaker.trip()
+    await bob.like(tweet["id"])
+    await bob.post("a reply", reply_to=tweet["id"])
+
+    async def closed() -> bool:
+        return bool(breaker.closed)
+
+    assert await eventually(closed, timeout=5)
+    seen = await api.tweet(tweet["id"])  # through the cache again
+    assert (seen["like_count"], seen["reply_count"]) == (1, 1)
+
+
 async def test_liking_an_unknown_tweet_gets_404(api: Api) -> None:
     alice = await api.sign_up()
     for tweet_id in ("1234567890123456789", "abc"):
