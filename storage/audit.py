@@ -291,7 +291,7 @@ class TimelineAuditor:
         missing: list[int] = []
         if complete and active:
             # A full set keeps only the newest entries: below its oldest one, Postgres serves.
-            floor = min(members) if full else 0
+            floor = min(members, default=0) if full else 0
             missing = [t for t in expected if t not in present and floor < t < grace_floor]
         candidates = [m for m in members if m not in wanted]
         states = {

@@ -64,6 +64,8 @@ class TweetReader:
                 remote.append(i)
             else:
                 found[i] = known
+        if found:  # a hit in this process's copy counts as a cache hit like any other
+            CACHE_REQUESTS.labels(cache="author", result="hit").inc(len(found))
         if not remote:
             return found
         cached: dict[int, Author] = await self._cached(self._author_cache, remote)

@@ -94,16 +94,17 @@ def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
 
 
 # The first ARGV[5] keys are version values (GET), a missing one set to ARGV[7] first (a
-# fresh token: see RedisTimelineStore.bump_version). Then per sorted set: false when it is
+# fresh token: see new_version). Then per sorted set: false when it is
 # missing (no sentinel), else {1 if marked TRIMMED else 0, page}. ARGV: sentinel,
-# ZREVRANGEBYLEX max and min, count, number of version keys, the TRIMMED marker, the token.
+# ZREVRANGEBYLEX max and min, count, number of version keys, the TRIMMED marker, the token,
+# its TTL.
 _PAGES = Script("""
 local out = {}
 local plain = tonumber(ARGV[5])
 for i = 1, plain do
   local value = redis.call('GET', KEYS[i])
   if not value then
-    redis.call('SET', KEYS[i], ARGV[7])
+    redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[8])
     value = ARGV[7]
   end
   out[i] = value
@@ -124,9 +125,10 @@ return out
 # sentinel and the TRIMMED marker, setting the marker when it drops any: below a marked set's
 # oldest entry, Postgres may hold more. ARGV[2], when not empty, is the oldest member of a
 # source merged only in part (capped): below it the set cannot know what it misses, so it
-# keeps nothing there and is marked. ARGV[3], when not empty: a rebuild (add the sentinel,
-# set this TTL). ARGV[4] = "1": only into sets that are complete (have the sentinel), as a
-# partial author list would hide older tweets from the read-time merge. ARGV[5..]: members.
+# keeps nothing there and is marked; likewise below the oldest entry of a set already
+# marked. ARGV[3], when not empty: a rebuild (add the sentinel, set this TTL, unmark).
+# ARGV[4] = "1": only into sets that are complete (have the sentinel), as a partial author
+# list would hide older tweets from the read-time merge. ARGV[5..]: members.
 _ADD = Script(f"""
 local max, floor, ttl, only_complete = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4] == '1'
 local members = {{}}
@@ -143,10 +145,24 @@ local written = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
   if not only_complete or redis.call('ZSCORE', key, '{SENTINEL}') then
-    redis.call('ZADD', key, unpack(members))
     local marked = redis.call('ZSCORE', key, '{TRIMMED}')
-    if floor ~= '' then
-      redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. floor)
+    if marked and ttl ~= '' then
+      -- A rebuild brings everything down to its own floor: the set is whole again.
+      redis.call('ZREM', key, '{TRIMMED}')
+      marked = false
+    end
+    local cut = floor
+    if marked then
+      -- Below a marked set's oldest entry nothing is known: an older member added now
+      -- (an uncapped merge, a late push) would hide the ones Postgres holds around it.
+      local oldest = redis.call('ZRANGEBYLEX', key, '({TRIMMED}', '+', 'LIMIT', 0, 1)[1]
+      if oldest and (cut == '' or oldest > cut) then
+        cut = oldest
+      end
+    end
+    redis.call('ZADD', key, unpack(members))
+    if cut ~= '' then
+      redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. cut)
       if not marked then
         redis.call('ZADD', key, 0, '{TRIMMED}')
         marked = true
@@ -164,6 +180,11 @@ for i = 1, #KEYS do
 end
 return written
 """)
+
+
+# Version keys expire (a missing one is set to a fresh token by the next read, which at
+# worst makes every process reload its copy once), so they do not pile up per user.
+VERSION_TTL = 7 * 86_400
 
 
 def new_version() -> str:
@@ -223,7 +244,7 @@ class RedisTimelineStore:
         replies = await self._reads.evalsha(
             _PAGES,
             [*values, *keys],
-            [SENTINEL, upper, lower, count, len(values), TRIMMED, new_version()],
+            [SENTINEL, upper, lower, count, len(values), TRIMMED, new_version(), VERSION_TTL],
         )
         pages = [
             None
@@ -282,17 +303,17 @@ class RedisTimelineStore:
     async def bump_follow_version(self, user_id: int) -> None:
         """After the user's follow list changed (and was committed): every process's cached
         copy of it is stale from now on."""
-        await self._redis.set(self._keys.follow_version(user_id), new_version())
+        await self._redis.set(self._keys.follow_version(user_id), new_version(), ex=VERSION_TTL)
 
     async def bump_like_version(self, user_id: int) -> None:
         """After the user liked or unliked (committed): cached copies of their likes are
         stale."""
-        await self._redis.set(self._keys.like_version(user_id), new_version())
+        await self._redis.set(self._keys.like_version(user_id), new_version(), ex=VERSION_TTL)
 
     async def bump_celebrity_version(self) -> None:
         """After an author changed fanout mode: every cached split of follow lists into
         normal authors and celebrities is stale."""
-        await self._redis.set(self._keys.celebrity_version(), new_version())
+        await self._redis.set(self._keys.celebrity_version(), new_version(), ex=VERSION_TTL)
 
     async def populate_timeline(self, user_id: int, tweet_ids: Sequence[int]) -> None:
         """Merges the ids into the timeline and marks it complete. Existing entries are kept

@@ -147,6 +147,12 @@ class HomeTimeline:
             pages = msgspec.structs.replace(pages, authors=authors)
         return (normal, celebrities), pages
 
+    def forget_reader(self, user_id: int) -> None:
+        """Drops this process's copies of the user's follow list and likes (after the user
+        changed them here), whatever the versions in Redis say."""
+        self._followees.evict(user_id)
+        self._likes.evict(user_id)
+
     def _liked_lookup(self, user_id: int, version: bytes | None) -> LikedLookup:
         """Which tweets the user likes, from this process's copy of their likes from some
         tweet id on, while the version Redis keeps (`lv:{user}`, bumped after every like
@@ -157,10 +163,8 @@ class HomeTimeline:
         async def liked(tweet_ids: list[int]) -> set[int]:
             oldest = min(tweet_ids)
             cached = self._likes.get(user_id)
-            if cached is not None and cached.version == version:
-                if oldest >= cached.oldest:
-                    return {t for t in tweet_ids if t in cached.tweet_ids}
-                oldest = min(oldest, cached.oldest)
+            if cached is not None and cached.version == version and oldest >= cached.oldest:
+                return {t for t in tweet_ids if t in cached.tweet_ids}
             found = await self._tweets.liked_since(user_id, oldest, limit=LIKES_KEPT)
             if found is None:  # a prolific liker: ask for just these
                 return await self._tweets.liked_among(user_id, tweet_ids)

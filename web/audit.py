@@ -5,6 +5,7 @@ index as a whole, as `chirp search verify` does)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,7 @@ from storage.audit import (
     audit_index,
     tweets_to_index_check,
 )
+from storage.redis_store import REDIS_ERRORS
 from storage.search_index import SearchRejected, SearchUnavailable
 from storage.search_sync import Drift
 from web.container import Services, provide_services
@@ -244,6 +246,11 @@ async def _repair(auditors: _Auditors, report: AuditReport, drift: Drift | None)
     services = auditors.services
     timelines = await auditors.timelines.repair(report.timelines.drifted)
     counters = await auditors.counters.repair(report.counters.wrong)
+    if counters.mode_changes:
+        # The web processes' cached follow-list splits go stale now, not only once the
+        # worker has handled the FanoutModeChanged from the outbox.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await services.store.bump_celebrity_version()
     documents = 0
     skipped: str | None = None
     search = report.search

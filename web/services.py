@@ -64,6 +64,9 @@ class Chirp:
         self._principals: ExpiringCache[bytes, Principal] = ExpiringCache(
             services.settings.auth_cache_seconds
         )
+        self._signed_out: ExpiringCache[bytes, bool] = ExpiringCache(
+            2 * services.settings.auth_cache_seconds
+        )
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -141,13 +144,15 @@ class Chirp:
         if found is None:
             return None
         principal = Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
-        self._principals.put(token_hash, principal)
+        # A lookup that raced this process's sign-out of the token must not cache it again.
+        if self._signed_out.get(token_hash) is None:
+            self._principals.put(token_hash, principal)
         return principal
 
     async def sign_out(self, principal: Principal) -> None:
+        self._signed_out.put(principal.token_hash, True)
         self._principals.evict(principal.token_hash)
         await self.s.tokens.revoke(principal.token_hash)
-        self._principals.evict(principal.token_hash)
 
     # -- users and the follow graph --------------------------------------------------------
 
@@ -189,12 +194,21 @@ class Chirp:
             self._publish(events)
 
     async def _follow_list_changed(self, user_id: int, events: list[Event]) -> None:
-        """Invalidates the processes' cached follow lists (storage/timeline.py FolloweeCache)
-        so the next read sees the change; the fanout worker repeats this from the events in
-        case Redis was down now."""
-        await self._best_effort(self.s.store.bump_follow_version(user_id))
+        """Invalidates the processes' cached follow lists (HomeTimeline's copies) so the next
+        read sees the change; the fanout worker repeats this from the events in case Redis
+        failed now."""
+        self.s.timelines.forget_reader(user_id)
+        await self._invalidate(self.s.store.bump_follow_version(user_id))
         if any(isinstance(e, FanoutModeChanged) for e in events):
-            await self._best_effort(self.s.store.bump_celebrity_version())
+            await self._invalidate(self.s.store.bump_celebrity_version())
+
+    async def _invalidate(self, operation: Awaitable[object]) -> None:
+        """Tried even while the breaker is open: a skipped invalidation leaves other
+        processes serving a stale copy, while a failed attempt costs little."""
+        try:
+            await operation
+        except REDIS_ERRORS:
+            self.s.breaker.trip()
 
     def _event_ids(self, count: int) -> list[int]:
         return [self.s.ids.next_id() for _ in range(count)]
@@ -291,7 +305,8 @@ class Chirp:
             count = await self.s.tweets.unlike(principal.user.id, tweet_id)
         await self.s.reader.forget_tweets([tweet_id])
         # Processes keep a copy of each reader's likes while this version is unchanged.
-        await self._best_effort(self.s.store.bump_like_version(principal.user.id))
+        self.s.timelines.forget_reader(principal.user.id)
+        await self._invalidate(self.s.store.bump_like_version(principal.user.id))
         return count
 
     async def replies(
@@ -322,9 +337,10 @@ class Chirp:
         if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
             inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)
             await self.s.users.touch_last_seen(user_id)
-            self._principals.put(
-                principal.token_hash, msgspec.structs.replace(principal, last_seen_at=now)
-            )
+            if self._principals.get(principal.token_hash) is not None:
+                self._principals.put(
+                    principal.token_hash, msgspec.structs.replace(principal, last_seen_at=now)
+                )
             # Fanout skipped this user while inactive: their Redis timeline (if any survived)
             # is missing tweets, so rebuild it before serving it.
             if inactive:

@@ -234,6 +234,27 @@ async def test_a_trimmed_timeline_that_loses_entries_still_pages_to_the_end(
             assert await bob.all_timeline_ids(limit=limit) == ids[1:], limit
 
 
+async def test_an_older_tweet_merged_into_a_trimmed_timeline_hides_nothing(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # Found in review: a marked (trimmed) set that lost entries took in an older tweet from
+    # an uncapped merge; its oldest entry then claimed that everything above it was there,
+    # and paging never asked Postgres for the tweets in between.
+    async with running_app(settings.with_overrides(timeline_max=5)) as api:
+        alice, bob, carol = await api.sign_up(), await api.sign_up(), await api.sign_up()
+        older = await carol.post("older than all of alice's")
+        await bob.follow(alice)
+        ids = (await alice.post_many(8))[::-1]
+        assert await bob.all_timeline_ids(limit=3) == ids  # built on read, capped at 5
+        await alice.delete(ids[0])
+        # What the deletion's fanout does (no worker runs here): the set is below its cap.
+        await redis_client.zrem(timeline_key(settings, bob.id), member(ids[0]))
+        await bob.follow(carol)  # merges carol's one (older) tweet
+        for limit in (1, 3, 20):
+            expected = [*ids[1:], older["id"]]
+            assert await bob.all_timeline_ids(limit=limit) == expected, limit
+
+
 async def test_merging_a_capped_list_of_an_authors_tweets_leaves_no_gap(
     api: Api, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
