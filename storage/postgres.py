@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
 from domain.ids import MAX_WORKER_ID
 from storage.piccolo_conf import DB
+
+log = logging.getLogger("chirp.postgres")
 
 # The advisory lock class (first key) under which worker ids are claimed.
 WORKER_ID_LOCK_CLASS = 0x43484952  # "CHIR"
@@ -33,24 +37,56 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._lease: asyncpg.Connection | None = None
+        self._assign_worker_id: Callable[[int], None] | None = None
+        self._reclaiming: asyncio.Task[None] | None = None
 
-    async def claim_worker_id(self) -> int:
-        """A Snowflake worker id (0-1023) that no other live process using this database
-        holds: the first free session-level advisory lock in Chirp's lock class, held on a
-        connection of its own until stop() or the process's death releases it. (Every
-        process started by `chirp serve --workers N` had the same configured id, and two
-        of them minting in the same millisecond made the same tweet id: a 500.)"""
-        if self._lease is None:
-            self._lease = await asyncpg.connect(self.database_url)
-        claimed = await self._lease.fetchval(
-            "SELECT i FROM generate_series(0, $2::int) AS i"
-            " WHERE pg_try_advisory_lock($1::int, i) LIMIT 1",
-            WORKER_ID_LOCK_CLASS,
-            MAX_WORKER_ID,
-        )
+    async def hold_worker_id(self, assign: Callable[[int], None]) -> None:
+        """Claims a Snowflake worker id (0-1023) that no other live process using this
+        database holds, and hands it to `assign`: the first free session-level advisory
+        lock in Chirp's lock class, held on a connection of its own until stop() or the
+        process's death releases it. If that connection is lost (a Postgres restart), the
+        lock goes with it, so a free id is claimed again and assigned. (Every process of
+        `chirp serve --workers N` once had the same configured id, and two of them minting
+        in the same millisecond made the same tweet id: a 500.)"""
+        self._assign_worker_id = assign
+        assign(await self._claim_worker_id())
+
+    async def _claim_worker_id(self) -> int:
+        lease = await asyncpg.connect(self.database_url)
+        try:
+            claimed = await lease.fetchval(
+                "SELECT i FROM generate_series(0, $2::int) AS i"
+                " WHERE pg_try_advisory_lock($1::int, i) LIMIT 1",
+                WORKER_ID_LOCK_CLASS,
+                MAX_WORKER_ID,
+            )
+        except BaseException:
+            await lease.close()
+            raise
         if claimed is None:
+            await lease.close()
             raise RuntimeError(f"all {MAX_WORKER_ID + 1} worker ids are held by live processes")
+        lease.add_termination_listener(self._lease_lost)
+        self._lease = lease
         return int(claimed)
+
+    def _lease_lost(self, lease: object) -> None:
+        if lease is not self._lease:  # closed by stop()
+            return
+        self._lease = None
+        self._reclaiming = asyncio.get_running_loop().create_task(self._reclaim())
+
+    async def _reclaim(self) -> None:
+        while self._assign_worker_id is not None:
+            try:
+                worker_id = await self._claim_worker_id()
+            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+                log.warning("worker id lease lost; claiming again", extra={"error": repr(error)})
+                await asyncio.sleep(1.0)
+                continue
+            self._assign_worker_id(worker_id)
+            log.warning("worker id lease lost and claimed again", extra={"worker_id": worker_id})
+            return
 
     async def start(self) -> None:
         DB.config = {"dsn": self.database_url}
@@ -65,10 +101,14 @@ class Database:
             )
 
     async def stop(self) -> None:
-        if self._lease is not None:
+        self._assign_worker_id = None
+        if self._reclaiming is not None:
+            self._reclaiming.cancel()
+            self._reclaiming = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await self._lease.close()
-            self._lease = None
+                await lease.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -142,7 +142,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
 async def start_services(services: Services, *, wait_for_nats: bool = False) -> None:
     await services.db.start()
     if services.settings.worker_id < 0:
-        services.ids.assign(await services.db.claim_worker_id())
+        await services.db.hold_worker_id(services.ids.assign)
     await services.media_store.start()
 
     async def prepare_streams() -> None:
