@@ -391,18 +391,19 @@ class TweetRepository:
             )
             return new
 
-    async def liked_since(self, user_id: int, oldest: int, *, limit: int) -> set[int] | None:
-        """Every tweet from `oldest` on that the user likes; None when there are more than
-        `limit` of them."""
+    async def liked_since(self, user_id: int, oldest: int, *, limit: int) -> tuple[set[int], int]:
+        """The tweets from `oldest` on that the user likes, at most the newest `limit` of
+        them, and the id from which that set is complete (`oldest`, or the last one kept
+        when there were more)."""
         rows = await self._db.pool.fetch(
-            "SELECT tweet_id FROM likes WHERE user_id = $1 AND tweet_id >= $2 LIMIT $3",
+            "SELECT tweet_id FROM likes WHERE user_id = $1 AND tweet_id >= $2"
+            " ORDER BY tweet_id DESC LIMIT $3",
             user_id,
             oldest,
-            limit + 1,
+            limit,
         )
-        if len(rows) > limit:
-            return None
-        return {r["tweet_id"] for r in rows}
+        ids = [r["tweet_id"] for r in rows]
+        return set(ids), ids[-1] if len(ids) == limit else oldest
 
     async def liked_among(self, user_id: int, tweet_ids: Sequence[int]) -> set[int]:
         if not tweet_ids:

@@ -45,7 +45,7 @@ class CachedLikes(msgspec.Struct, frozen=True):
     tweet_ids: frozenset[int]
 
 
-# Per user, the most likes a process keeps; beyond it the likes are asked for per page.
+# Per user, the most likes a process keeps (the newest); older pages ask Postgres.
 LIKES_KEPT = 2_000
 
 
@@ -165,11 +165,12 @@ class HomeTimeline:
             cached = self._likes.get(user_id)
             if cached is not None and cached.version == version and oldest >= cached.oldest:
                 return {t for t in tweet_ids if t in cached.tweet_ids}
-            found = await self._tweets.liked_since(user_id, oldest, limit=LIKES_KEPT)
-            if found is None:  # a prolific liker: ask for just these
-                return await self._tweets.liked_among(user_id, tweet_ids)
-            self._likes.put(user_id, CachedLikes(version, oldest, frozenset(found)))
-            return {t for t in tweet_ids if t in found}
+            found, complete_from = await self._tweets.liked_since(user_id, oldest, limit=LIKES_KEPT)
+            self._likes.put(user_id, CachedLikes(version, complete_from, frozenset(found)))
+            if oldest >= complete_from:
+                return {t for t in tweet_ids if t in found}
+            # A prolific liker: the copy holds only the newest likes; ask for these.
+            return await self._tweets.liked_among(user_id, tweet_ids)
 
         return liked
 

@@ -130,3 +130,20 @@ async def test_liked_flags_stay_right_on_pages_older_than_the_ones_read_before(
     assert [t["liked"] for t in first["tweets"]] == [False] * 3
     older = await elsewhere.timeline(limit=3, cursor=first["next_cursor"])
     assert [t["liked"] for t in older["tweets"]] == [False, False, True]
+
+
+async def test_a_reader_with_more_likes_than_kept_still_sees_every_liked_flag(
+    api: Api, other_process: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storage.timeline.LIKES_KEPT", 2)
+    reader, author = await api.sign_up(), await api.sign_up()
+    await reader.follow(author)
+    oldest_first = await author.post_many(5)
+    for tweet_id in oldest_first[:4]:
+        await reader.like(tweet_id)
+    elsewhere = through(other_process, reader)
+    pages = [await elsewhere.timeline(limit=2)]
+    while pages[-1]["next_cursor"]:
+        pages.append(await elsewhere.timeline(limit=2, cursor=pages[-1]["next_cursor"]))
+    flags = [t["liked"] for page in pages for t in page["tweets"]]
+    assert flags == [False, True, True, True, True]

@@ -57,7 +57,14 @@ async def test_a_script_unknown_to_redis_is_sent_in_full_once(
     assert not (await redis_client.script_exists(script.sha))[0]
     first = await resp.evalsha(script, [], [])
     assert (await redis_client.script_exists(script.sha))[0]
+    evals = await eval_calls(redis_client)
     assert await resp.evalsha(script, [], []) == first
+    assert await eval_calls(redis_client) == evals  # by its SHA this time, not in full
+
+
+async def eval_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
 
 async def test_a_connection_killed_mid_call_fails_that_call_and_the_next_call_reconnects(
