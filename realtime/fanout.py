@@ -153,7 +153,10 @@ class Fanout:
         async for chunk in self._follows.active_follower_chunks(
             author_id, self._active_since(), self._chunk_size
         ):
-            await self._store.merge_into_timelines(chunk, tweet_ids, capped=capped)
+            if capped:
+                await self._store.merge_into_timelines(chunk, tweet_ids, capped=True)
+            else:
+                await self._store.push_to_timelines(chunk, tweet_ids)
             written += len(chunk)
             # Only after the timelines hold it: a socket that reconnects and reads its
             # timeline must find what it was not sent live.
