@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 from launcher.process import free_port
 from launcher.services import (
     EmbeddedStack,
-    ServiceUrls,
     drop_database,
     ensure_database,
     ensure_services,
@@ -70,13 +69,7 @@ def bench_settings(tag: str, **overrides: Any) -> Settings:
 
 
 def start_stack(settings: Settings) -> EmbeddedStack:
-    urls = ServiceUrls(
-        settings.database_url,
-        settings.redis_url,
-        settings.nats_url,
-        settings.typesense_url,
-        settings.typesense_api_key,
-    )
+    urls = settings.service_urls()
     return ensure_services(urls, settings.var_dir, log=log)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -415,3 +417,25 @@ class ServerProcess:
         self._drain.join(timeout=2)
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+async def run_chirp(settings: Settings, *argv: str, timeout: float = 120) -> CliResult:
+    """The real CLI in its own process, without blocking the event loop (a fanout worker
+    may be running in it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "web.cli", *argv),
+        env={**os.environ, **settings.to_env(), "CHIRP_LOG_JSON": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return CliResult(process.returncode, out.decode(), err.decode())

@@ -313,18 +313,12 @@ def up() -> None:
     workers. Ctrl-C stops what it started."""
     from pathlib import Path
 
-    from launcher.services import MissingService, ServiceUrls, ensure_database, ensure_services
+    from launcher.services import MissingService, ensure_database, ensure_services
     from launcher.supervisor import run_processes
     from storage.postgres import migrate as run_migrations
 
     settings = _settings()
-    urls = ServiceUrls(
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        nats_url=settings.nats_url,
-        typesense_url=settings.typesense_url,
-        typesense_api_key=settings.typesense_api_key,
-    )
+    urls = settings.service_urls()
     try:
         stack = ensure_services(urls, Path(settings.var_dir))
     except MissingService as missing:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from launcher.services import ServiceUrls
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -105,6 +107,16 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def service_urls(self) -> ServiceUrls:
+        """What the launcher needs to find, or start, the services these settings name."""
+        return ServiceUrls(
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            nats_url=self.nats_url,
+            typesense_url=self.typesense_url,
+            typesense_api_key=self.typesense_api_key,
+        )
 
     @property
     def url(self) -> str:

@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from launcher.services import MissingService, ServiceUrls, ensure_services
+from launcher.services import MissingService, ensure_services
 from tests.faults.harness import FaultPlan, run_fault_suite
 from web.settings import Settings
 
@@ -57,13 +57,7 @@ def parse(argv: list[str] | None) -> tuple[FaultPlan, argparse.Namespace]:
 def main(argv: list[str] | None = None) -> int:
     plan, args = parse(argv)
     settings = Settings.from_env()
-    urls = ServiceUrls(
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        nats_url=settings.nats_url,
-        typesense_url=settings.typesense_url,
-        typesense_api_key=settings.typesense_api_key,
-    )
+    urls = settings.service_urls()
     try:
         stack = ensure_services(urls, Path(settings.var_dir), log=log, only=("postgres",))
     except MissingService as missing:

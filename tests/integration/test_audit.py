@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -25,6 +22,7 @@ from tests.support import (
     Api,
     FanoutRun,
     member,
+    run_chirp,
     running_app,
     timeline_key,
     timeline_members,
@@ -430,28 +428,6 @@ async def test_audit_finds_a_deleted_tweets_document_left_in_the_index_and_repai
 # -- the command line ------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-async def chirp(settings: Settings, *argv: str) -> Result:
-    """The real CLI in its own process, without blocking the event loop (the fanout runs in
-    it)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "web.cli", *argv),
-        env={**os.environ, **settings.to_env(), "CHIRP_LOG_JSON": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
-
-
 async def test_the_audit_command_exits_1_with_drift_and_0_after_repair(
     settings: Settings,
     api: Api,
@@ -468,28 +444,28 @@ async def test_the_audit_command_exits_1_with_drift_and_0_after_repair(
     await pg.execute("UPDATE users SET tweets_count = 9 WHERE id = $1", alice.int_id)
     users = ("--user", alice.username, "--user", bob.username, "--grace", "0")
 
-    found = await chirp(settings, "audit", *users)
+    found = await run_chirp(settings, "audit", *users)
     assert found.code == 1, found.err
     assert "drift found" in found.out
     assert f"@{bob.username}: {int(ids[0])}" in found.out
     assert f"@{alice.username} tweets_count 9, recount 2" in found.out
 
-    as_json = await chirp(settings, "audit", *users, "--json")
+    as_json = await run_chirp(settings, "audit", *users, "--json")
     assert as_json.code == 1, as_json.err
     body = json.loads(as_json.out)
     assert body["clean"] is False and body["repair"] is None
     assert body["before"]["timelines"]["drift"][0]["missing"] == [ids[0]]
     assert body["before"]["counters"]["wrong"][0]["id"] == alice.id
 
-    repaired = await chirp(settings, "audit", *users, "--repair")
+    repaired = await run_chirp(settings, "audit", *users, "--repair")
     assert repaired.code == 0, repaired.out + repaired.err
     assert repaired.out.rstrip().endswith("result:     clean after repair")
 
-    again = await chirp(settings, "audit", *users)
+    again = await run_chirp(settings, "audit", *users)
     assert again.code == 0, again.out + again.err
 
 
 async def test_the_audit_command_refuses_an_unknown_user(settings: Settings) -> None:
-    result = await chirp(settings, "audit", "--user", "nobody-at-all")
+    result = await run_chirp(settings, "audit", "--user", "nobody-at-all")
     assert result.code == 1
     assert "no user named 'nobody-at-all'" in result.err

@@ -7,37 +7,13 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from tests.support import Api, FanoutRun, running_app, unique_name
+from tests.support import Api, FanoutRun, run_chirp, running_app, unique_name
 from web.settings import Settings
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-async def chirp(settings: Settings, *argv: str) -> Result:
-    """Runs the CLI without blocking the event loop (the fanout worker runs in it)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "web.cli",
-        *argv,
-        env={**os.environ, **settings.to_env(), "CHIRP_LOG_JSON": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
 
 
 def line_of(output: str, start: str) -> str:
@@ -69,7 +45,7 @@ async def idle_durable(fanout_run: FanoutRun) -> AsyncIterator[str]:
 async def test_streams_lists_the_event_stream_its_consumers_and_the_dead_letter_stream(
     settings: Settings, fanout_run: FanoutRun
 ) -> None:
-    result = await chirp(settings, "streams")
+    result = await run_chirp(settings, "streams")
     assert result.code == 0, result.err
     header = result.out.splitlines()[0]
     for column in ("PENDING", "ACK PENDING", "REDELIVERED", "OLDEST UNACKED", "DEAD LETTERS"):
@@ -86,7 +62,7 @@ async def test_streams_shows_a_consumer_that_falls_behind_as_lagging_with_its_ol
     author = await api.sign_up()
     await author.post_many(3)
     assert await fanout_run.settled()
-    result = await chirp(settings, "streams", "--lag-threshold", "2")
+    result = await run_chirp(settings, "streams", "--lag-threshold", "2")
     assert result.code == 0, result.err
     cells = line_of(result.out, idle_durable).split()
     assert cells[1] == "3"  # pending
@@ -119,7 +95,7 @@ async def test_streams_watch_refreshes_and_marks_a_growing_backlog(
 
 
 async def test_streams_says_so_when_nats_does_not_answer(settings: Settings) -> None:
-    result = await chirp(settings.with_overrides(nats_url="nats://127.0.0.1:1"), "streams")
+    result = await run_chirp(settings.with_overrides(nats_url="nats://127.0.0.1:1"), "streams")
     assert result.code == 1
     assert "NATS is not answering" in result.err
 
@@ -139,7 +115,7 @@ async def test_trace_follows_a_tweet_into_a_followers_timeline(
     )
     tweet_id = response.json()["id"]
     assert await fanout_run.settled()
-    result = await chirp(settings, "trace", tweet_id, reader.username)
+    result = await run_chirp(settings, "trace", tweet_id, reader.username)
     assert result.code == 0, result.err
     out = result.out
     assert f"by @{author.username}" in line_of(out, "✓ stored")
@@ -159,7 +135,7 @@ async def test_trace_explains_a_tweet_missing_from_a_timeline_of_someone_not_fol
     author, stranger = await api.sign_up(), await api.sign_up()
     tweet_id = (await author.post("not for strangers"))["id"]
     assert await fanout_run.settled()
-    result = await chirp(settings, "trace", tweet_id, stranger.username)
+    result = await run_chirp(settings, "trace", tweet_id, stranger.username)
     assert "does not follow the author" in line_of(result.out, f"✗ in @{stranger.username}")
 
 
@@ -172,7 +148,7 @@ async def test_trace_explains_a_celebrity_tweet_is_merged_at_read_time(
         await second.follow(star)
         tweet_id = (await star.post("hello, everyone"))["id"]
         assert await fanout_run.settled()
-    result = await chirp(settings, "trace", tweet_id, first.username)
+    result = await run_chirp(settings, "trace", tweet_id, first.username)
     assert "celebrity author" in line_of(result.out, "· fanned out")
     assert "celebrity merge" in line_of(result.out, f"✓ in @{first.username}")
 
@@ -190,7 +166,7 @@ async def test_trace_explains_an_inactive_follower_gets_no_fanout(
     )
     tweet_id = (await author.post("while you were away"))["id"]
     assert await fanout_run.settled()
-    result = await chirp(settings, "trace", tweet_id, sleeper.username)
+    result = await run_chirp(settings, "trace", tweet_id, sleeper.username)
     assert "to 0 follower timeline(s)" in line_of(result.out, "✓ fanned out")
     assert "inactive since" in line_of(result.out, f"✗ in @{sleeper.username}")
 
@@ -202,7 +178,7 @@ async def test_trace_of_a_deleted_tweet_says_it_was_deleted(
     tweet_id = (await author.post("regrettable"))["id"]
     await author.delete(tweet_id)
     assert await fanout_run.settled()
-    result = await chirp(settings, "trace", tweet_id, author.username)
+    result = await run_chirp(settings, "trace", tweet_id, author.username)
     assert "since deleted" in line_of(result.out, "✓ stored")
     assert "TweetDeleted event" in line_of(result.out, "· deleted")
     assert "deleted" in line_of(result.out, f"✗ in @{author.username}")
@@ -211,7 +187,7 @@ async def test_trace_of_a_deleted_tweet_says_it_was_deleted(
 async def test_trace_of_an_unknown_tweet_fails_and_says_why(
     settings: Settings, fanout_run: FanoutRun
 ) -> None:
-    result = await chirp(settings, "trace", "12345")
+    result = await run_chirp(settings, "trace", "12345")
     assert result.code == 1
     assert "no tweet 12345 in Postgres" in result.out
 
@@ -223,15 +199,15 @@ async def test_admin_grant_and_revoke_set_the_users_admin_flag(
     settings: Settings, api: Api, pg: asyncpg.Connection
 ) -> None:
     person = await api.sign_up()
-    granted = await chirp(settings, "admin", "grant", person.username.upper())
+    granted = await run_chirp(settings, "admin", "grant", person.username.upper())
     assert granted.code == 0, granted.err
     assert await pg.fetchval("SELECT is_admin FROM users WHERE id = $1", person.int_id) is True
-    revoked = await chirp(settings, "admin", "revoke", person.username)
+    revoked = await run_chirp(settings, "admin", "revoke", person.username)
     assert revoked.code == 0, revoked.err
     assert await pg.fetchval("SELECT is_admin FROM users WHERE id = $1", person.int_id) is False
 
 
 async def test_admin_grant_of_an_unknown_user_fails(settings: Settings) -> None:
-    result = await chirp(settings, "admin", "grant", unique_name("nobody"))
+    result = await run_chirp(settings, "admin", "grant", unique_name("nobody"))
     assert result.code == 1
     assert "no user named" in result.err
