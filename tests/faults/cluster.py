@@ -248,10 +248,10 @@ class Cluster:
                 await slot.start()
 
 
-def _slot_settings(
-    settings: Settings, kind: str, index: int, worker_id: int, metrics_dir: Path
-) -> Settings:
-    changes: dict[str, object] = {"worker_id": worker_id, "metrics_dir": str(metrics_dir)}
+def _slot_settings(settings: Settings, kind: str, metrics_dir: Path) -> Settings:
+    # Each process claims its own worker id (a Postgres advisory lock), so a process killed
+    # with -9 and started again exercises the claim too.
+    changes: dict[str, object] = {"worker_id": -1, "metrics_dir": str(metrics_dir)}
     if kind == WEB:
         changes["port"] = free_port()
     return settings.with_overrides(**changes)
@@ -297,7 +297,6 @@ async def running_cluster(
             f"services: nats :{ports['nats']}, redis :{ports['redis']}, "
             f"typesense :{ports['typesense']} (data and logs in {workdir})"
         )
-        worker_id = 1
         for kind, count in ((WEB, web), (FANOUT, fanout), (INDEXER, indexers)):
             for index in range(count):
                 name = f"{kind}-{index}"
@@ -307,13 +306,11 @@ async def running_cluster(
                     Slot(
                         name=name,
                         kind=kind,
-                        # Ids are unique per process only with a worker id of its own.
-                        settings=_slot_settings(settings, kind, index, worker_id, metrics_dir),
+                        settings=_slot_settings(settings, kind, metrics_dir),
                         metrics_dir=metrics_dir,
                         log_path=workdir / "logs" / f"{name}.log",
                     )
                 )
-                worker_id += 1
         await asyncio.gather(*(slot.start() for slot in slots))
         log(
             "processes: "

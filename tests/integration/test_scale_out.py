@@ -51,9 +51,6 @@ BURST = 8
 # Bursts are spaced so that a consumer busy with one burst leaves the next to the other
 # process: more than the indexer's 0.1 s batching window.
 BURST_GAP = 0.25
-# Processes started here create ids too (sign-ups, tweets): each gets its own worker id,
-# away from the in-process app's (the session's, 0).
-FIRST_WORKER_ID = 900
 # Upper bounds, not waits. Six processes importing the app at once take a few seconds on an
 # idle machine, much longer on a busy two-core one; and the shared durable consumers may
 # start with what the whole suite left behind.
@@ -151,7 +148,7 @@ async def deployment(settings: Settings, tmp_path: Path, *kinds: str) -> AsyncIt
             directory.mkdir()
             own = settings.with_overrides(
                 metrics_dir=str(directory),
-                worker_id=FIRST_WORKER_ID + number,
+                worker_id=-1,  # each claims its own (a Postgres advisory lock)
                 port=free_port() if kind == "serve" else settings.port,
             )
             argv = ("serve",) if kind == "serve" else ("worker", kind)
