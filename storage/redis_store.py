@@ -127,10 +127,11 @@ return out
 # source merged only in part (capped): below it the set cannot know what it misses, so it
 # keeps nothing there and is marked; likewise below the oldest entry of a set already
 # marked. ARGV[3], when not empty: a rebuild (add the sentinel, set this TTL, unmark).
-# ARGV[4] = "1": only into sets that are complete (have the sentinel), as a partial author
-# list would hide older tweets from the read-time merge. ARGV[5..]: members.
+# ARGV[4], when not empty: a TTL for a key that has none (one this push creates: a set with
+# no sentinel is read as missing and rebuilt by merging, so what it holds is kept, and it
+# must not outlive its purpose). ARGV[5..]: members.
 _ADD = Script(f"""
-local max, floor, ttl, only_complete = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4] == '1'
+local max, floor, ttl, new_ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local members = {{}}
 for j = 5, #ARGV do
   members[#members + 1] = 0
@@ -144,39 +145,39 @@ if #members == 0 then return 0 end
 local written = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  if not only_complete or redis.call('ZSCORE', key, '{SENTINEL}') then
-    local marked = redis.call('ZSCORE', key, '{TRIMMED}')
-    if marked and ttl ~= '' then
-      -- A rebuild brings everything down to its own floor: the set is whole again.
-      redis.call('ZREM', key, '{TRIMMED}')
-      marked = false
-    end
-    local cut = floor
-    if marked then
-      -- Below a marked set's oldest entry nothing is known: an older member added now
-      -- (an uncapped merge, a late push) would hide the ones Postgres holds around it.
-      local oldest = redis.call('ZRANGEBYLEX', key, '({TRIMMED}', '+', 'LIMIT', 0, 1)[1]
-      if oldest and (cut == '' or oldest > cut) then
-        cut = oldest
-      end
-    end
-    redis.call('ZADD', key, unpack(members))
-    if cut ~= '' then
-      redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. cut)
-      if not marked then
-        redis.call('ZADD', key, 0, '{TRIMMED}')
-        marked = true
-      end
-    end
-    local base = marked and 2 or 1
-    if redis.call('ZREMRANGEBYRANK', key, base, -(max + 1)) > 0 and not marked then
-      redis.call('ZADD', key, 0, '{TRIMMED}')
-    end
-    if ttl ~= '' then
-      redis.call('EXPIRE', key, tonumber(ttl))
-    end
-    written = written + 1
+  local marked = redis.call('ZSCORE', key, '{TRIMMED}')
+  if marked and ttl ~= '' then
+    -- A rebuild brings everything down to its own floor: the set is whole again.
+    redis.call('ZREM', key, '{TRIMMED}')
+    marked = false
   end
+  local cut = floor
+  if marked then
+    -- Below a marked set's oldest entry nothing is known: an older member added now
+    -- (an uncapped merge, a late push) would hide the ones Postgres holds around it.
+    local oldest = redis.call('ZRANGEBYLEX', key, '({TRIMMED}', '+', 'LIMIT', 0, 1)[1]
+    if oldest and (cut == '' or oldest > cut) then
+      cut = oldest
+    end
+  end
+  redis.call('ZADD', key, unpack(members))
+  if cut ~= '' then
+    redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. cut)
+    if not marked then
+      redis.call('ZADD', key, 0, '{TRIMMED}')
+      marked = true
+    end
+  end
+  local base = marked and 2 or 1
+  if redis.call('ZREMRANGEBYRANK', key, base, -(max + 1)) > 0 and not marked then
+    redis.call('ZADD', key, 0, '{TRIMMED}')
+  end
+  if ttl ~= '' then
+    redis.call('EXPIRE', key, tonumber(ttl))
+  elseif new_ttl ~= '' and redis.call('TTL', key) < 0 then
+    redis.call('EXPIRE', key, tonumber(new_ttl))
+  end
+  written = written + 1
 end
 return written
 """)
@@ -339,7 +340,7 @@ class RedisTimelineStore:
         *,
         floor: int | None = None,
         ttl: int | None = None,
-        only_complete: bool = False,
+        new_key_ttl: int | None = None,
     ) -> None:
         await self._add(
             keys=keys,
@@ -347,7 +348,7 @@ class RedisTimelineStore:
                 self.max_entries,
                 encode_member(floor) if floor is not None else "",
                 ttl if ttl is not None else "",
-                "1" if only_complete else "0",
+                new_key_ttl if new_key_ttl is not None else "",
                 *(encode_member(t) for t in tweet_ids),
             ],
         )
@@ -389,8 +390,11 @@ class RedisTimelineStore:
             await pipe.execute()
 
     async def push_to_author(self, author_id: int, tweet_id: int) -> None:
+        # Into a list still being rebuilt too: the rebuild read Postgres before this tweet
+        # committed, and merges into what is there (skipping it lost the tweet from the
+        # read-time merge until the list expired).
         await self._add_members(
-            [self._keys.author_tweets(author_id)], [tweet_id], only_complete=True
+            [self._keys.author_tweets(author_id)], [tweet_id], new_key_ttl=self._ttl
         )
 
     async def unpush_from_author(self, author_id: int, tweet_id: int) -> None:

@@ -19,6 +19,7 @@ from tests.support import (
     running_app,
     timeline_key,
     timeline_members,
+    zset_members,
 )
 from web.container import provide_services
 from web.settings import Settings
@@ -327,3 +328,21 @@ async def test_timeline_ordering_is_exact_for_ids_beyond_2_to_the_53(
         alice.int_id,
     )
     assert list(stored) == ids[::-1]
+
+
+async def test_a_tweet_posted_while_its_authors_list_is_rebuilt_stays_in_it(
+    api: Api, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # Found in review: pushes skipped an author list without its sentinel, so a tweet that
+    # committed after the rebuild read Postgres was missing from the read-time merge of a
+    # celebrity's tweets until the list expired.
+    author = await api.sign_up()
+    before = await author.post("before the rebuild")
+    key = f"{settings.redis_prefix}ut:{author.id}"
+    await redis_client.delete(key)
+    during = await author.post("while the rebuild runs")  # pushed by the request
+    async with provide_services(settings, process_name="test-author-list") as services:
+        await services.store.populate_author(author.int_id, [int(before["id"])])
+    members = await zset_members(redis_client, key)
+    assert member(during["id"]) in members and member(before["id"]) in members
+    assert await redis_client.ttl(key) > 0
