@@ -116,20 +116,24 @@ class _Auditors:
     scope: AuditScope
 
 
+def timeline_auditor(services: Services, *, grace: timedelta) -> TimelineAuditor:
+    return TimelineAuditor(
+        services.redis,
+        services.keys,
+        services.store,
+        services.timelines,
+        services.tweets,
+        services.db,
+        active_days=services.settings.active_days,
+        grace=grace,
+    )
+
+
 def _auditors(services: Services, scope: AuditScope) -> _Auditors:
     settings = services.settings
     return _Auditors(
         services=services,
-        timelines=TimelineAuditor(
-            services.redis,
-            services.keys,
-            services.store,
-            services.timelines,
-            services.tweets,
-            services.db,
-            active_days=settings.active_days,
-            grace=timedelta(seconds=scope.grace_seconds),
-        ),
+        timelines=timeline_auditor(services, grace=timedelta(seconds=scope.grace_seconds)),
         counters=CounterAuditor(
             services.db,
             services.reader,

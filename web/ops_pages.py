@@ -11,18 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Response, Router, get
-from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException
-from litestar.plugins.htmx import HTMXRequest
+from litestar.exceptions import NotFoundException
 
-from domain.errors import DomainError
 from realtime.streams_report import StreamState, StreamsUnavailable, read_streams
 from storage.fanout_log import FanoutLog, FanoutRecord
 from storage.operations import OperationsRepository
 from storage.redis_store import REDIS_ERRORS
-from web.csrf import page_csrf_guard
 from web.ops_cli import human_age, human_bytes
-from web.pages import UiDep, page_error, provide_ui
+from web.pages import UiDep, page_router
 from web.services import Chirp
 
 POLL_SECONDS = 5
@@ -142,16 +138,4 @@ async def operations_live(ui: UiDep) -> Response[Any]:
 
 
 def ops_router() -> Router:
-    return Router(
-        path="/ops",
-        route_handlers=[operations, operations_live],
-        dependencies={"ui": Provide(provide_ui)},
-        guards=[page_csrf_guard],
-        request_class=HTMXRequest,
-        exception_handlers={
-            DomainError: page_error,
-            HTTPException: page_error,
-            Exception: page_error,
-        },
-        include_in_schema=False,
-    )
+    return page_router("/ops", [operations, operations_live])

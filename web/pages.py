@@ -504,10 +504,29 @@ def _page_of(request: Request[Any, Any, Any]) -> str:
     return request.url.path if request.method == "GET" else "/"
 
 
-def pages_router() -> Router:
+def page_router(path: str, route_handlers: list[Any]) -> Router:
+    """A router of HTML pages: the page context, CSRF on unsafe requests, htmx requests, and
+    every error answered with a page."""
     return Router(
-        path="/",
-        route_handlers=[
+        path=path,
+        route_handlers=route_handlers,
+        dependencies={"ui": Provide(provide_ui)},
+        guards=[page_csrf_guard],
+        request_class=HTMXRequest,
+        # Every type the app maps to JSON, so that pages answer with pages instead.
+        exception_handlers={
+            DomainError: page_error,
+            HTTPException: page_error,
+            Exception: page_error,
+        },
+        include_in_schema=False,
+    )
+
+
+def pages_router() -> Router:
+    return page_router(
+        "/",
+        [
             home,
             sign_in_page,
             sign_in,
@@ -526,14 +545,4 @@ def pages_router() -> Router:
             following_list,
             search,
         ],
-        dependencies={"ui": Provide(provide_ui)},
-        guards=[page_csrf_guard],
-        request_class=HTMXRequest,
-        # Every type the app maps to JSON, so that pages answer with pages instead.
-        exception_handlers={
-            DomainError: page_error,
-            HTTPException: page_error,
-            Exception: page_error,
-        },
-        include_in_schema=False,
     )

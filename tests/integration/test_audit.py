@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from storage.audit import CELEBRITY, DELETED, NOT_FOLLOWED, TimelineAuditor, TimelineDrift
+from storage.audit import CELEBRITY, DELETED, NOT_FOLLOWED, TimelineDrift
 from tests.support import (
     SENTINEL,
     TRIMMED,
@@ -28,7 +28,14 @@ from tests.support import (
     timeline_members,
     unique_name,
 )
-from web.audit import AuditOutcome, AuditReport, AuditScope, describe_outcome, run_audit
+from web.audit import (
+    AuditOutcome,
+    AuditReport,
+    AuditScope,
+    describe_outcome,
+    run_audit,
+    timeline_auditor,
+)
 from web.container import Services, provide_services
 from web.settings import Settings
 
@@ -123,14 +130,22 @@ async def test_a_user_without_a_redis_timeline_is_no_drift(settings: Settings, a
 # -- timelines -------------------------------------------------------------------------------
 
 
-async def test_audit_finds_a_tweet_missing_from_a_timeline_and_repair_puts_it_back(
-    settings: Settings, api: Api, fanout_run: FanoutRun, redis_client: aioredis.Redis
-) -> None:
+async def three_tweets_followed(
+    api: Api, fanout_run: FanoutRun
+) -> tuple[Account, Account, list[str]]:
+    """Alice posts three tweets, fanned out to follower Bob and indexed."""
     alice = await reader(api)
     bob = await follower_of(alice, api)
     ids = await alice.post_many(3)
     assert await fanout_run.settled()
     await index_tweets(fanout_run.services, alice, bob)
+    return alice, bob, ids
+
+
+async def test_audit_finds_a_tweet_missing_from_a_timeline_and_repair_puts_it_back(
+    settings: Settings, api: Api, fanout_run: FanoutRun, redis_client: aioredis.Redis
+) -> None:
+    alice, bob, ids = await three_tweets_followed(api, fanout_run)
     await redis_client.zrem(timeline_key(settings, bob.id), member(ids[1]))
 
     found = await audit(settings, alice, bob)
@@ -271,11 +286,7 @@ async def test_an_inactive_users_timeline_is_not_reported_missing_what_fanout_sk
 async def test_a_timeline_without_its_sentinel_is_incomplete_and_repair_rebuilds_it(
     settings: Settings, api: Api, fanout_run: FanoutRun, redis_client: aioredis.Redis
 ) -> None:
-    alice = await reader(api)
-    bob = await follower_of(alice, api)
-    ids = await alice.post_many(3)
-    assert await fanout_run.settled()
-    await index_tweets(fanout_run.services, alice, bob)
+    alice, bob, ids = await three_tweets_followed(api, fanout_run)
     key = timeline_key(settings, bob.id)
     # As a fanout push into an expired timeline leaves it: one entry, no sentinel, no expiry.
     await redis_client.delete(key)
@@ -303,16 +314,7 @@ async def test_sampling_picks_only_users_who_have_a_timeline_in_redis(
         readers = [await reader(api) for _ in range(3)]
         await api.sign_up()  # no timeline
     async with provide_services(own, process_name="test-audit") as services:
-        auditor = TimelineAuditor(
-            services.redis,
-            services.keys,
-            services.store,
-            services.timelines,
-            services.tweets,
-            services.db,
-            active_days=own.active_days,
-            grace=timedelta(0),
-        )
+        auditor = timeline_auditor(services, grace=timedelta(0))
         everyone = {r.int_id for r in readers}
         assert {u async for u in auditor.timeline_users()} == everyone
         sample = await auditor.sample_users(2)
