@@ -15,13 +15,21 @@ What it does, against the services `make run` uses (reused if they answer, embed
 4. measures the machine's ceiling for the same work: raw Typesense imports of the same
    documents in 1,000-document batches, straight from this process into a scratch collection;
 5. runs Q queries one at a time (words common and rare, two words, typos, prefixes, `from:`,
-   `has:media`) through the whole API (in-process ASGI: parsing, Typesense, hydration from
-   Redis/Postgres) and through the Typesense adapter alone, and reports p50/p99 of both.
+   `has:media`) through the Typesense adapter alone, through the hydration alone (the ids the
+   engine found, turned into tweets from Redis/Postgres) and through the whole API
+   (in-process ASGI: parsing, Typesense, hydration), and reports p50/p99 of each, overall and
+   per kind of query. Each of the two hydrating passes starts with the run's Redis keys
+   deleted, so both meet the cold caches the first pass would. The answers that went past the
+   search budget (CHIRP_SEARCH_BUDGET_MS; from the newest matches only) are asked again with
+   no budget, to count how many first pages differ from the complete answer's.
 
 Everything it creates (database, stream, collections, Redis keys) is removed at the end unless
---keep is given. Not part of the test suite. On a machine where other runs share the embedded
-Typesense, give the benchmark its own: CHIRP_VAR_DIR=/tmp/chirp-bench
-CHIRP_TYPESENSE_URL=http://127.0.0.1:18208 (started there, stopped at the end)."""
+--keep is given. `--reuse TAG` runs only step 5 against a data set an earlier `--keep` run
+left (TAG as in its database chirp_bench_TAG; give the same --seed), and removes it afterwards
+unless --keep is given again. Not part of the test suite. On a machine where other runs share
+the embedded Typesense, give the benchmark its own: CHIRP_VAR_DIR=/tmp/chirp-bench
+CHIRP_TYPESENSE_URL=http://127.0.0.1:18208 (started there unless one answers, stopped at the
+end if it was started)."""
 
 from __future__ import annotations
 
@@ -43,13 +51,13 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from bench.common import bench_database, with_database
+from bench.common import bench_database, delete_keys, with_database
 from domain.events import TweetPosted, encode_event
 from domain.ids import EPOCH_MS, TIMESTAMP_SHIFT
 from domain.search import parse_search_query
-from launcher.services import ServiceUrls, ensure_services
+from launcher.services import ensure_services
 from realtime.indexer import CONSUMER
-from storage.search_index import SearchUnavailable
+from storage.search_index import SearchPage, SearchUnavailable, TypesenseIndex
 from web.app import create_app
 from web.container import Services
 from web.settings import Settings
@@ -223,73 +231,208 @@ async def import_ceiling(services: Services, ids: list[int], sample: int) -> flo
         await index.drop_collection(scratch)
 
 
-def queries(corpus: Corpus, usernames: list[str], count: int, rng: random.Random) -> list[str]:
+KINDS = ("common", "rare", "two", "typo", "prefix", "from", "media")
+
+
+def queries(
+    corpus: Corpus, usernames: list[str], count: int, rng: random.Random
+) -> list[tuple[str, str]]:
+    """`count` queries as (kind, q), the kinds in turn."""
     words = corpus.words
-    made: list[str] = []
-    kinds = ["common", "rare", "two", "typo", "prefix", "from", "media"]
+    made: list[tuple[str, str]] = []
     for i in range(count):
-        kind = kinds[i % len(kinds)]
+        kind = KINDS[i % len(KINDS)]
         common = words[rng.randrange(50)]
         rare = words[rng.randrange(1_000, len(words))]
         if kind == "common":
-            made.append(common)
+            q = common
         elif kind == "rare":
-            made.append(rare)
+            q = rare
         elif kind == "two":
-            made.append(f"{common} {words[rng.randrange(500)]}")
+            q = f"{common} {words[rng.randrange(500)]}"
         elif kind == "typo":
             pos = len(rare) // 2
-            made.append(rare[:pos] + ("x" if rare[pos] != "x" else "y") + rare[pos + 1 :])
+            q = rare[:pos] + ("x" if rare[pos] != "x" else "y") + rare[pos + 1 :]
         elif kind == "prefix":
-            made.append(f"{common} {rare[:4]}")
+            q = f"{common} {rare[:4]}"
         elif kind == "from":
-            made.append(f"{common} from:{rng.choice(usernames)}")
+            q = f"{common} from:{rng.choice(usernames)}"
         else:
-            made.append(f"{common} has:media")
+            q = f"{common} has:media"
+        made.append((kind, q))
     return made
 
 
+def summary(timings: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(timings, 0.5),
+        "p99_ms": percentile(timings, 0.99),
+        "max_ms": max(timings),
+        "mean_ms": statistics.fmean(timings),
+    }
+
+
+def by_kind(kinds: list[str], timings: list[float]) -> dict[str, dict[str, float]]:
+    return {
+        kind: summary([t for k, t in zip(kinds, timings, strict=True) if k == kind])
+        for kind in KINDS
+        if kind in kinds
+    }
+
+
 async def measure_search(
-    settings: Settings, services: Services, qs: list[str]
-) -> dict[str, dict[str, float]]:
+    settings: Settings, services: Services, qs: list[tuple[str, str]]
+) -> dict[str, Any]:
+    kinds = [kind for kind, _ in qs]
     engine: list[float] = []
-    for q in qs:
+    pages: list[SearchPage] = []
+    for _, q in qs:
         started = time.perf_counter()
-        await services.search.search(parse_search_query(q), page=1, per_page=20)
+        page = await services.search.search(parse_search_query(q), page=1, per_page=20)
         engine.append((time.perf_counter() - started) * 1000)
+        pages.append(page)
+    newest = await compare_newest(settings, qs, pages)
+
+    await delete_keys(services, f"{services.keys.prefix}*")
+    hydrate: list[float] = []
+    for page in pages:
+        started = time.perf_counter()
+        await services.reader.views(None, page.ids)
+        hydrate.append((time.perf_counter() - started) * 1000)
+
+    await delete_keys(services, f"{services.keys.prefix}*")
     api: list[float] = []
     found: list[int] = []
     async with AsyncTestClient(app=create_app(settings, run_relay=False)) as client:
         # Litestar's default logging config shows every Typesense request at INFO.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        for q in qs[:20]:  # warm the caches of the process like a running app's
+        for _, q in qs[:20]:  # warm the caches of the process like a running app's
             await client.get("/api/v1/search", params={"q": q})
-        for q in qs:
+        for _, q in qs:
             started = time.perf_counter()
             response = await client.get("/api/v1/search", params={"q": q})
             api.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200, response.text
             found.append(response.json()["found"])
     return {
-        "engine": {
-            "p50_ms": percentile(engine, 0.5),
-            "p99_ms": percentile(engine, 0.99),
-            "mean_ms": statistics.fmean(engine),
-        },
-        "api": {
-            "p50_ms": percentile(api, 0.5),
-            "p99_ms": percentile(api, 0.99),
-            "mean_ms": statistics.fmean(api),
-            "median_found": statistics.median(found),
+        "engine": summary(engine),
+        "hydrate": summary(hydrate),
+        "api": {**summary(api), "median_found": statistics.median(found)},
+        "newest_answers": newest,
+        "by_kind": {
+            "engine": by_kind(kinds, engine),
+            "hydrate": by_kind(kinds, hydrate),
+            "api": by_kind(kinds, api),
+            "median_found": {
+                kind: statistics.median(f for k, f in zip(kinds, found, strict=True) if k == kind)
+                for kind in KINDS
+                if kind in kinds
+            },
         },
     }
+
+
+async def compare_newest(
+    settings: Settings, qs: list[tuple[str, str]], pages: list[SearchPage]
+) -> dict[str, Any]:
+    """The answers past the budget (from the newest matches only) against the complete
+    answers an index without a budget gives: how many have the same first page, and what
+    share of the matches their `found` counts."""
+    cut = [(kind, q, page) for (kind, q), page in zip(qs, pages, strict=True) if not page.complete]
+    exact_index = TypesenseIndex(
+        settings.typesense_url,
+        settings.typesense_api_key,
+        settings.search_collection,
+        timeout=60.0,
+    )
+    differing: list[tuple[str, str]] = []
+    shares: list[float] = []
+    try:
+        for kind, q, page in cut:
+            exact = await exact_index.search(parse_search_query(q), page=1, per_page=20)
+            if page.ids != exact.ids:
+                differing.append((kind, q))
+            shares.append(page.found / max(exact.found, 1))
+    finally:
+        await exact_index.close()
+    return {
+        "count": len(cut),
+        "by_kind": {kind: sum(1 for k, _, _ in cut if k == kind) for kind in KINDS},
+        "same_first_page": len(cut) - len(differing),
+        "differing": differing,
+        "median_found_share": statistics.median(shares) if shares else None,
+    }
+
+
+def kind_table(latency: dict[str, Any]) -> str:
+    """Per kind of query: p50/p99 of each layer, and how many tweets such queries find."""
+    rows = [f"{'kind':>8} {'engine p50/p99':>16} {'hydrate p50/p99':>16} {'API p50/p99':>16}"]
+    per = latency["by_kind"]
+    for kind in per["api"]:
+        cells = [
+            f"{per[layer][kind]['p50_ms']:7.1f}/{per[layer][kind]['p99_ms']:<7.1f}"
+            for layer in ("engine", "hydrate", "api")
+        ]
+        rows.append(
+            f"{kind:>8} "
+            + " ".join(f"{c:>16}" for c in cells)
+            + f"  found ~{per['median_found'][kind]:,.0f}"
+        )
+    newest = latency["newest_answers"]
+    rows.append(
+        f"answered from the newest matches (past the budget): {newest['count']} "
+        f"{ {k: n for k, n in newest['by_kind'].items() if n} }; first page the same as "
+        f"the complete answer's: {newest['same_first_page']} of {newest['count']}"
+    )
+    return "\n".join(rows)
+
+
+async def build(
+    services: Services, settings: Settings, args: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[dict[str, Any], list[str]]:
+    """Steps 1 to 4: the data set, indexed through the worker, and the import ceiling.
+    Returns the indexing figures and the usernames."""
+    await services.search.ensure()
+    async with running_worker(settings, services):
+        log(f"generating {args.tweets:,} tweets by {args.users:,} users")
+        ids, usernames = await generate(services, args.tweets, args.users, args.seed, log)
+        rows = await services.db.pool.fetch("SELECT id, author_id FROM tweets")
+        authors = {r["id"]: r["author_id"] for r in rows}
+
+        log("publishing TweetPosted events; the worker indexes them as they come")
+        started = time.perf_counter()
+        publish_rate = await publish_all(services, ids, authors)
+        published = time.perf_counter()
+        log(f"  published {publish_rate:,.0f} events/s")
+        await wait_indexed(services, len(ids), log)
+        index_seconds = time.perf_counter() - started
+        drain_seconds = time.perf_counter() - published
+        index_rate = len(ids) / index_seconds
+        log(f"  indexed {index_rate:,.0f} tweets/s end to end ({index_seconds:.1f} s)")
+        info = await services.link.js.consumer_info(services.names.stream, CONSUMER)
+    dead = (await services.link.js.stream_info(services.names.dead_letter_stream)).state
+
+    log("measuring the import ceiling (raw Typesense imports)")
+    ceiling = await import_ceiling(services, ids, min(len(ids), args.ceiling_sample))
+    log(f"  {ceiling:,.0f} documents/s")
+    return {
+        "publish_events_per_s": round(publish_rate),
+        "index_tweets_per_s": round(index_rate),
+        "index_seconds": round(index_seconds, 1),
+        "index_drain_after_publish_seconds": round(drain_seconds, 1),
+        "import_ceiling_docs_per_s": round(ceiling),
+        "index_vs_ceiling": round(index_rate / ceiling, 2),
+        "consumer_pending_after": info.num_pending,
+        "dead_lettered": dead.messages,
+    }, usernames
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    tag = secrets.token_hex(3)
+    reuse = getattr(args, "reuse", None)
+    tag = reuse or secrets.token_hex(3)
     machine = Settings.from_env()
     settings = machine.with_overrides(
         database_url=with_database(machine.database_url, f"chirp_bench_{tag}"),
@@ -300,61 +443,40 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         var_dir=machine.var_dir if machine.var_dir.is_absolute() else ROOT / machine.var_dir,
         db_pool_size=20,
     )
-    urls = ServiceUrls(
-        settings.database_url,
-        settings.redis_url,
-        settings.nats_url,
-        settings.typesense_url,
-        settings.typesense_api_key,
-    )
-    stack = ensure_services(urls, settings.var_dir, log=log)
+    stack = ensure_services(settings.service_urls(), settings.var_dir, log=log)
     try:
         async with bench_database(
             settings, args.keep, process_name="bench-search", drop_search_index=True
         ) as services:
-            await services.search.ensure()
-            async with running_worker(settings, services):
-                log(f"generating {args.tweets:,} tweets by {args.users:,} users")
-                ids, usernames = await generate(services, args.tweets, args.users, args.seed, log)
-                rows = await services.db.pool.fetch("SELECT id, author_id FROM tweets")
-                authors = {r["id"]: r["author_id"] for r in rows}
-
-                log("publishing TweetPosted events; the worker indexes them as they come")
-                started = time.perf_counter()
-                publish_rate = await publish_all(services, ids, authors)
-                published = time.perf_counter()
-                log(f"  published {publish_rate:,.0f} events/s")
-                await wait_indexed(services, len(ids), log)
-                index_seconds = time.perf_counter() - started
-                drain_seconds = time.perf_counter() - published
-                index_rate = len(ids) / index_seconds
-                log(f"  indexed {index_rate:,.0f} tweets/s end to end ({index_seconds:.1f} s)")
-                info = await services.link.js.consumer_info(services.names.stream, CONSUMER)
-            dead = (await services.link.js.stream_info(services.names.dead_letter_stream)).state
-
-            log("measuring the import ceiling (raw Typesense imports)")
-            ceiling = await import_ceiling(services, ids, min(len(ids), args.ceiling_sample))
-            log(f"  {ceiling:,.0f} documents/s")
+            if reuse:
+                tweets = await services.db.pool.fetchval("SELECT count(*) FROM tweets")
+                if not tweets:
+                    raise SystemExit(f"no kept data set chirp_bench_{tag}")
+                indexed = await services.search.count()
+                log(f"reusing {tweets:,} tweets ({indexed:,} indexed) of chirp_bench_{tag}")
+                # The order `generate` made them in, which the query mix draws from.
+                usernames = [
+                    r["username"]
+                    for r in await services.db.pool.fetch("SELECT username FROM users ORDER BY id")
+                ]
+                indexing: dict[str, Any] = {}
+            else:
+                tweets = args.tweets
+                indexing, usernames = await build(services, settings, args, log)
 
             log(f"running {args.queries:,} queries")
             rng = random.Random(args.seed + 1)
             qs = queries(Corpus(args.seed), usernames, args.queries, rng)
             latency = await measure_search(settings, services, qs)
+            log(kind_table(latency))
     finally:
         stack.stop()
     return {
-        "tweets": args.tweets,
-        "users": args.users,
+        "tweets": tweets,
+        "users": len(usernames),
         "queries": args.queries,
         "cpus": os.cpu_count(),
-        "publish_events_per_s": round(publish_rate),
-        "index_tweets_per_s": round(index_rate),
-        "index_seconds": round(index_seconds, 1),
-        "index_drain_after_publish_seconds": round(drain_seconds, 1),
-        "import_ceiling_docs_per_s": round(ceiling),
-        "index_vs_ceiling": round(index_rate / ceiling, 2),
-        "consumer_pending_after": info.num_pending,
-        "dead_lettered": dead.messages,
+        **indexing,
         "search": latency,
         "settings_env": " ".join(
             f"{k}={v}"
@@ -372,13 +494,19 @@ def main() -> None:
     parser.add_argument("--ceiling-sample", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the data it created")
+    parser.add_argument(
+        "--reuse",
+        metavar="TAG",
+        help="only run the queries, against the data set chirp_bench_TAG kept by --keep",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     report = asyncio.run(run(args))
     text = json.dumps(report, indent=2)
     print(text)
     if args.keep:
-        print(f"kept: {report['settings_env']}")
+        tag = report["settings_env"].split("chirp_bench_", 1)[1].split()[0]
+        print(f"kept: {report['settings_env']} (again: --reuse {tag})")
     if args.out:
         args.out.write_text(text + "\n")
 

@@ -87,6 +87,12 @@ RATE_LIMIT_REJECTIONS = Counter(
     "Requests refused by a rate limit, by limit.",
     ["limit"],
 )
+SEARCH_ANSWERS = Counter(
+    "chirp_search_answers",
+    "Searches answered, by answer: complete, or newest (past the budget, from the newest "
+    "matches only).",
+    ["answer"],
+)
 
 
 def exposition(scraped: Iterable[Metric] = ()) -> bytes:

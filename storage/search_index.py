@@ -9,7 +9,15 @@ searches need a short one and bulk imports a long one.
 
 Errors leave as two kinds, because callers must treat them differently: `SearchUnavailable`
 (the engine cannot be reached or is failing: wait and retry, or answer 503) and
-`SearchRejected` (the engine answered and refused: retrying the same request will not help)."""
+`SearchRejected` (the engine answered and refused: retrying the same request will not help).
+
+A search has a time budget. Typesense's cost is linear in the documents a query matches (every
+match is scored; a word in most tweets costs about 0.3 µs per tweet on one core, so 250 ms at a
+million tweets), and its own cut-off (`search_cutoff_ms`) stops the scan where it is: posting
+lists run in insertion order, so what it has then are the *oldest* matches. A query cut off
+that way is asked again over only the newest tweets, a window sized from how far the first
+pass got within the budget; that answer ranks as always (most relevant first, recency breaking
+ties) among the newest matches, and says that it is incomplete."""
 
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +42,20 @@ log = logging.getLogger("chirp.search")
 MAX_PER_PAGE = 250
 ID_FILTER_CHUNK = 150  # 150 nineteen-digit ids stay under Typesense's 4,000-character filter limit
 
+# The share of the budget the newest-tweets pass is planned to take. The first pass's pace is
+# measured on the query's exact words alone, with no filter; the second also scans the last
+# word's prefix expansions and intersects the time filter, which at a million tweets costs up
+# to twice as much per tweet, and the engine checks the clock only every 65,536 postings.
+WINDOW_SHARE = 0.35
+# A first pass cut off before it ranked anything tells nothing of its pace: assume then that
+# the whole index would have taken this many budgets.
+UNKNOWN_PACE_BUDGETS = 8
+# How long the times of the oldest and newest indexed tweets are remembered: the oldest only
+# moves when that tweet is deleted, and only scales an estimate; the newest is looked at only
+# for an index that has had no tweet for longer than the window (see `_newest`).
+OLDEST_TTL_SECONDS = 600.0
+NEWEST_TTL_SECONDS = 60.0
+
 
 class SearchUnavailable(Unavailable):
     """Typesense could not be reached, timed out, or answered with a server error."""
@@ -49,6 +71,10 @@ class MissingCollection(SearchRejected):
 
 class _AlreadyExists(SearchRejected):
     pass
+
+
+class _CutOffEmpty(SearchUnavailable):
+    """Typesense answers 408 when a search's cut-off came before it had ranked anything."""
 
 
 class TweetDocument(msgspec.Struct, frozen=True):
@@ -110,6 +136,24 @@ def schema_drift(collection: dict[str, Any]) -> list[str]:
 class SearchPage(msgspec.Struct, frozen=True):
     ids: list[int]
     found: int
+    # False when the query matched more than the engine could rank within the budget: the page
+    # then comes from the newest matches only, and `found` counts those it looked at.
+    complete: bool = True
+
+
+def window_width(
+    *, now_ms: int, oldest_ms: int, frontier_ms: int | None, elapsed_ms: float, budget_ms: int
+) -> int:
+    """How many milliseconds of the newest tweets a query can be ranked over within
+    `budget_ms * WINDOW_SHARE`, at the pace of its first pass: cut off after `elapsed_ms`,
+    that pass had scanned (oldest first) from `oldest_ms` to `frontier_ms` (None: it had
+    ranked nothing)."""
+    if frontier_ms is None:
+        scanned, elapsed = now_ms - oldest_ms, float(budget_ms * UNKNOWN_PACE_BUDGETS)
+    else:
+        scanned, elapsed = frontier_ms - oldest_ms, elapsed_ms
+    pace = max(scanned, 0) / max(elapsed, 1.0)
+    return int(pace * budget_ms * WINDOW_SHARE)
 
 
 def filter_for(query: SearchQuery) -> str:
@@ -122,10 +166,16 @@ def filter_for(query: SearchQuery) -> str:
     return " && ".join(clauses)
 
 
+def _and(*filters: str) -> str:
+    return " && ".join(f for f in filters if f)
+
+
 class TypesenseIndex:
     """Tweets in Typesense, behind the alias `alias`. Nothing connects until a method is
     awaited. Queries get a short timeout (a hung engine must turn into a quick 503); bulk
-    calls (imports, exports, collection changes) a long one."""
+    calls (imports, exports, collection changes) a long one. `budget_ms`: how long one pass
+    of a search may rank (0: no limit, every answer complete however long it takes).
+    `transport` and `clock` (Unix seconds) are for tests."""
 
     def __init__(
         self,
@@ -135,17 +185,25 @@ class TypesenseIndex:
         *,
         timeout: float = 2.0,
         bulk_timeout: float = 120.0,
+        budget_ms: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
         self.alias = alias
+        self.budget_ms = budget_ms
         self._timeout = httpx.Timeout(timeout)
         self._bulk_timeout = httpx.Timeout(bulk_timeout, connect=timeout)
         self._http = httpx.AsyncClient(
             base_url=url.rstrip("/"),
             headers={"X-TYPESENSE-API-KEY": api_key},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=transport,
         )
+        self._clock = clock
         self._ensured = False
+        # newest? -> (created_at of the newest or oldest indexed tweet, when it was looked up)
+        self._edges: dict[bool, tuple[int, float]] = {}
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -181,6 +239,8 @@ class TypesenseIndex:
             raise MissingCollection(message)
         if response.status_code == 409:
             raise _AlreadyExists(message)
+        if response.status_code == 408:
+            raise _CutOffEmpty(message)
         if response.status_code in (400, 422):
             raise SearchRejected(message)
         # Debug only: during an outage every retry lands here; the caller reports it once.
@@ -408,7 +468,8 @@ class TypesenseIndex:
 
     async def search(self, query: SearchQuery, *, page: int, per_page: int) -> SearchPage:
         """Most relevant first, newest first among equals. Typo-tolerant; the last word also
-        matches as a prefix (what someone still typing means)."""
+        matches as a prefix (what someone still typing means). Within the budget the answer is
+        complete; past it, it comes from the newest matches (see the module's docstring)."""
         params: dict[str, Any] = {
             "q": query.keywords or "*",
             "query_by": "text",
@@ -417,15 +478,97 @@ class TypesenseIndex:
             "num_typos": 2,
             "page": page,
             "per_page": min(per_page, MAX_PER_PAGE),
-            "include_fields": "id",
+            # created_at: how far a cut-off pass got.
+            "include_fields": "id,created_at",
             "highlight_fields": "none",
         }
         filters = filter_for(query)
         if filters:
             params["filter_by"] = filters
-        response = await self._call("GET", f"{self._documents(None)}/search", params=params)
-        answer = _search_answer.decode(response.content)
-        return SearchPage(ids=[int(hit.document.id) for hit in answer.hits], found=answer.found)
+        if self.budget_ms <= 0:
+            return _page(await self._ranked(params), complete=True)
+        params["search_cutoff_ms"] = self.budget_ms
+        first = await self._ranked(params)
+        if first is not None and not first.search_cutoff:
+            return _page(first, complete=True)
+        return _page(await self._newest(params, filters, first), complete=False)
+
+    async def _ranked(self, params: dict[str, Any]) -> _SearchAnswer | None:
+        """One search; None when it was cut off before it had ranked anything."""
+        try:
+            response = await self._call("GET", f"{self._documents(None)}/search", params=params)
+        except _CutOffEmpty:
+            return None
+        return _search_answer.decode(response.content)
+
+    async def _newest(
+        self, params: dict[str, Any], filters: str, cut_off: _SearchAnswer | None
+    ) -> _SearchAnswer | None:
+        """The query again, over as many of the newest tweets as the cut-off pass's pace says
+        the budget allows. This pass has the budget too: were the estimate too generous, it
+        would be cut off in turn, about one budget late and with the window's oldest matches."""
+        oldest = await self._edge_created_at(newest=False)
+        if oldest is None:  # the index was emptied meanwhile
+            return None
+        now_ms = int(self._clock() * 1000)
+        width = window_width(
+            now_ms=now_ms,
+            oldest_ms=oldest,
+            frontier_ms=max((h.document.created_at for h in cut_off.hits), default=None)
+            if cut_off is not None
+            else None,
+            elapsed_ms=cut_off.search_time_ms if cut_off is not None else 0.0,
+            budget_ms=self.budget_ms,
+        )
+        answer = await self._since(params, filters, now_ms - width)
+        if answer is not None and (answer.search_cutoff or len(answer.hits) >= params["per_page"]):
+            return answer
+        # A short page may mean an index with no tweets lately (a quiet or restored one),
+        # which a window ending now misses: then end the window at its newest tweet.
+        latest = await self._edge_created_at(newest=True)
+        if latest is None or latest >= now_ms - width:
+            return answer
+        return await self._since(params, filters, latest - width)
+
+    async def _since(
+        self, params: dict[str, Any], filters: str, since_ms: int
+    ) -> _SearchAnswer | None:
+        return await self._ranked(
+            {**params, "filter_by": _and(filters, f"created_at:>={since_ms}")}
+        )
+
+    async def _edge_created_at(self, *, newest: bool) -> int | None:
+        """When the newest (or oldest) indexed tweet was written, remembered for a while."""
+        checked = time.monotonic()
+        remembered = self._edges.get(newest)
+        ttl = NEWEST_TTL_SECONDS if newest else OLDEST_TTL_SECONDS
+        if remembered is not None and checked - remembered[1] < ttl:
+            return remembered[0]
+        answer = await self._search(
+            None,
+            {
+                "q": "*",
+                "sort_by": f"created_at:{'desc' if newest else 'asc'}",
+                "per_page": 1,
+                "include_fields": "created_at",
+            },
+        )
+        hits = answer.get("hits", [])
+        if not hits:
+            return None
+        created_at = int(hits[0]["document"]["created_at"])
+        self._edges[newest] = (created_at, checked)
+        return created_at
+
+
+def _page(answer: _SearchAnswer | None, *, complete: bool) -> SearchPage:
+    if answer is None:
+        return SearchPage(ids=[], found=0, complete=complete)
+    return SearchPage(
+        ids=[int(hit.document.id) for hit in answer.hits],
+        found=answer.found,
+        complete=complete and not answer.search_cutoff,
+    )
 
 
 class _ImportResult(msgspec.Struct):
@@ -437,13 +580,20 @@ class _IdOnly(msgspec.Struct):
     id: str
 
 
+class _HitDocument(msgspec.Struct):
+    id: str
+    created_at: int = 0
+
+
 class _Hit(msgspec.Struct):
-    document: _IdOnly
+    document: _HitDocument
 
 
 class _SearchAnswer(msgspec.Struct):
     found: int = 0
     hits: list[_Hit] = []
+    search_time_ms: int = 0
+    search_cutoff: bool = False
 
 
 _import_result = msgspec.json.Decoder(_ImportResult)

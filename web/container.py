@@ -109,6 +109,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         settings.typesense_api_key,
         settings.search_collection,
         timeout=settings.search_timeout,
+        budget_ms=settings.search_budget_ms,
     )
     return Services(
         settings=settings,

@@ -1,6 +1,8 @@
 """The search use case: parse the query, ask the index for a page of ids, and show those
 tweets as every other list shows them (hydrated from the cache and Postgres, so an edit is
-seen at once and a deleted tweet never, even before the indexer has removed it)."""
+seen at once and a deleted tweet never, even before the indexer has removed it). A query that
+matches more than the engine can rank within its budget is answered from its newest matches;
+the results say so (`complete`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import msgspec
 from domain.errors import InvalidInput
 from domain.model import TweetView
 from domain.search import parse_search_query
+from storage.metrics import SEARCH_ANSWERS
 from storage.search_index import MissingCollection, SearchPage, SearchRejected
 from web.container import Services
 
@@ -21,6 +24,8 @@ class SearchResults(msgspec.Struct, frozen=True):
     items: list[TweetView]
     found: int
     page: int
+    # False: from the newest matches only, and `found` counts those.
+    complete: bool = True
 
 
 class TweetSearch:
@@ -43,5 +48,6 @@ class TweetSearch:
         except SearchRejected as error:
             log.warning("search engine rejected a query", extra={"q": q, "error": str(error)})
             raise InvalidInput("q is not a query the search engine accepts") from error
+        SEARCH_ANSWERS.labels("complete" if result.complete else "newest").inc()
         views = await self.s.reader.views(viewer_id, result.ids)
-        return SearchResults(items=views, found=result.found, page=page)
+        return SearchResults(items=views, found=result.found, page=page, complete=result.complete)

@@ -25,6 +25,9 @@ class Settings:
     search_collection: str = "tweets"
     # A search that Typesense has not answered by then gets a 503.
     search_timeout: float = 2.0
+    # Milliseconds Typesense may spend ranking one pass of a search. A query that matches
+    # more is answered from its newest matches (a second pass, same budget); 0: no budget.
+    search_budget_ms: int = 25
     # Followers above which an author's tweets are merged at read time instead of pushed.
     celebrity_threshold: int = 10_000
     # An author stops being a celebrity only below threshold * (1 - hysteresis).

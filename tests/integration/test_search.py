@@ -12,6 +12,7 @@ import random
 import secrets
 import shutil
 import string
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from domain.events import TweetPosted, decode_event
+from domain.search import SearchQuery
 from launcher.services import ManagedProcess, free_port
 from realtime.batch_consumer import BatchEventConsumer
 from realtime.indexer import CONSUMER, IndexerTuning, SearchIndexer
-from storage.search_index import TweetDocument, TypesenseIndex
+from storage.search_index import SearchPage, TweetDocument, TypesenseIndex
 from tests.support import Account, Api, assert_error, consumer_idle, eventually, running_app
 from web.cli import main as chirp_cli
 from web.container import Services, provide_services
@@ -318,6 +321,68 @@ async def test_liked_is_shown_to_the_signed_in_searcher(api: Api, indexer: Index
     response = await search(api, w, viewer=bob)
     assert response.json()["tweets"][0]["liked"] is True
     assert response.json()["tweets"][0]["like_count"] == 1
+
+
+# -- the budget ------------------------------------------------------------------------------
+
+# More matches than Typesense ranks before it first looks at the clock (every 65,536).
+BROAD = 70_000
+
+
+@pytest.mark.parametrize("days_since_last_tweet", [0, 400], ids=["lively", "quiet"])
+async def test_a_query_matching_more_than_the_budget_is_answered_from_its_newest_matches(
+    settings: Settings, days_since_last_tweet: int
+) -> None:
+    async with isolated(settings) as own:
+        index = TypesenseIndex(
+            own.typesense_url, own.typesense_api_key, own.search_collection, budget_ms=1
+        )
+        try:
+            await index.ensure()
+            w = word()
+            last = int(time.time() * 1000) - days_since_last_tweet * 86_400_000
+            # Indexed oldest first, one a second, as a live index receives them.
+            documents = [
+                TweetDocument(
+                    id=str(10**17 + i),
+                    text=f"{w} number {i}",
+                    author_id=1,
+                    author_username="someone",
+                    created_at=last - (BROAD - 1 - i) * 1000,
+                    has_media=False,
+                )
+                for i in range(BROAD)
+            ]
+            for start in range(0, BROAD, 10_000):
+                assert await index.upsert(documents[start : start + 10_000]) == {}
+            newest_first = [10**17 + i for i in range(BROAD - 1, BROAD - 21, -1)]
+
+            page = await index.search(SearchQuery(keywords=w), page=1, per_page=20)
+            assert page.complete is False
+            assert page.ids == newest_first
+            assert 20 <= page.found < BROAD
+
+            index.budget_ms = 0
+            whole = await index.search(SearchQuery(keywords=w), page=1, per_page=20)
+            assert whole == SearchPage(ids=newest_first, found=BROAD, complete=True)
+        finally:
+            await index.close()
+
+
+async def test_each_search_is_counted_by_whether_its_answer_is_complete(api: Api) -> None:
+    async def complete_answers() -> float:
+        metrics = (await api.client.get("/metrics")).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "chirp_search_answers_total"
+            and sample.labels == {"answer": "complete"}
+        )
+
+    before = await complete_answers()
+    assert (await search(api, word())).status_code == 200
+    assert await complete_answers() == before + 1
 
 
 # -- validation and outages ------------------------------------------------------------------
