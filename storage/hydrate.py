@@ -4,17 +4,24 @@ Postgres in one query, then cached), their authors likewise, and the reader's li
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from domain.model import Author, Tweet, TweetView
 from storage.local_cache import ExpiringCache
-from storage.metrics import CACHE_REQUESTS
+from storage.metrics import CACHE_REQUESTS, labelled
 from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisObjectCache
 from storage.repositories import TweetRepository, UserRepository
 
 # Which of these tweet ids the viewer likes.
 LikedLookup = Callable[[list[int]], Awaitable[set[int]]]
+
+
+def _count_cache(cache: str, hits: int, misses: int) -> None:
+    if hits:
+        labelled(CACHE_REQUESTS, cache, "hit").inc(hits)
+    if misses:
+        labelled(CACHE_REQUESTS, cache, "miss").inc(misses)
 
 
 class TweetReader:
@@ -39,10 +46,25 @@ class TweetReader:
         # next invalidation that gets through, and never read from the cache meanwhile.
         self._unforgotten: set[int] = set()
 
-    async def tweets(self, ids: Sequence[int]) -> dict[int, Tweet]:
+    async def tweets(
+        self, ids: Sequence[int], prefetched: Mapping[int, bytes | None] | None = None
+    ) -> dict[int, Tweet]:
+        """`prefetched`: the tweet cache's copies of some of these, read by the caller in an
+        earlier round trip (None: the cache has none)."""
         if self._unforgotten and self._breaker.closed:
             await self.forget_tweets([])
-        found: dict[int, Tweet] = await self._cached(self._tweet_cache, ids)
+        found: dict[int, Tweet] = {}
+        remote = ids
+        if prefetched:
+            decode = self._tweet_cache.decode
+            for i in ids:
+                blob = prefetched.get(i)
+                if blob is not None:
+                    found[i] = decode(blob)
+            remote = [i for i in ids if i not in prefetched]
+            _count_cache("tweet", len(found), len(ids) - len(remote) - len(found))
+        if remote:
+            found.update(await self._cached(self._tweet_cache, remote))
         stale = self._unforgotten
         if stale:
             found = {i: t for i, t in found.items() if i not in stale}
@@ -64,8 +86,8 @@ class TweetReader:
                 remote.append(i)
             else:
                 found[i] = known
-        if found:  # a hit in this process's copy counts as a cache hit like any other
-            CACHE_REQUESTS.labels(cache="author", result="hit").inc(len(found))
+        # A hit in this process's copy counts as a cache hit like any other.
+        _count_cache("author", len(found), 0)
         if not remote:
             return found
         cached: dict[int, Author] = await self._cached(self._author_cache, remote)
@@ -85,10 +107,11 @@ class TweetReader:
         *,
         visible_authors: set[int] | None = None,
         liked: LikedLookup | None = None,
+        prefetched: Mapping[int, bytes | None] | None = None,
     ) -> list[TweetView]:
         """The tweets in the order given, without deleted or unknown ones (and, when
         `visible_authors` is given, without tweets by anyone else)."""
-        tweets = await self.tweets(ids)
+        tweets = await self.tweets(ids, prefetched)
         shown = [
             tweets[i]
             for i in ids
@@ -108,13 +131,20 @@ class TweetReader:
         """`liked`: how to tell which of the tweets the viewer likes, when the caller has a
         cheaper way than asking Postgres."""
         tweet_ids = [t.id for t in tweets]
-        # Independent lookups (Redis and Postgres): one round trip of latency, not two.
-        authors, liked_ids = await asyncio.gather(
-            self.authors(list({t.author_id for t in tweets})),
-            liked(tweet_ids)
-            if liked is not None and tweet_ids
-            else self._liked(viewer_id, tweet_ids),
-        )
+        author_ids = list({t.author_id for t in tweets})
+        if liked is not None and tweet_ids:
+            liked_ids_of = liked(tweet_ids)
+        else:
+            liked_ids_of = self._liked(viewer_id, tweet_ids)
+        local = self._local_authors.get_all(author_ids)
+        if local is not None:
+            # Every author is in this process's copy (the usual case): no lookup to overlap
+            # with, and two tasks cost more than the likes lookup itself.
+            _count_cache("author", len(local), 0)
+            authors, liked_ids = local, await liked_ids_of
+        else:
+            # Independent lookups (Redis and Postgres): one round trip of latency, not two.
+            authors, liked_ids = await asyncio.gather(self.authors(author_ids), liked_ids_of)
         return [
             TweetView(tweet=t, author=authors[t.author_id], liked=t.id in liked_ids)
             for t in tweets
@@ -152,11 +182,9 @@ class TweetReader:
         except REDIS_ERRORS:
             self._breaker.trip()
             return {}
-        name = "tweet" if cache is self._tweet_cache else "author"
-        if found:
-            CACHE_REQUESTS.labels(cache=name, result="hit").inc(len(found))
-        if len(ids) > len(found):
-            CACHE_REQUESTS.labels(cache=name, result="miss").inc(len(ids) - len(found))
+        _count_cache(
+            "tweet" if cache is self._tweet_cache else "author", len(found), len(ids) - len(found)
+        )
         return found
 
     async def _store(self, cache: RedisObjectCache[Any], objects: dict[int, Any]) -> None:

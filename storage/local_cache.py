@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -26,6 +27,18 @@ class ExpiringCache(Generic[K, V]):
             del self._entries[key]
             return None
         return entry[0]
+
+    def get_all(self, keys: Iterable[K]) -> dict[K, V] | None:
+        """Every one of the keys' values, or None if any is missing or expired."""
+        now = time.monotonic()
+        found: dict[K, V] = {}
+        entries = self._entries
+        for key in keys:
+            entry = entries.get(key)
+            if entry is None or entry[1] < now:
+                return None
+            found[key] = entry[0]
+        return found
 
     def put(self, key: K, value: V) -> None:
         if self._ttl <= 0:

@@ -20,6 +20,7 @@ import glob
 import os
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -33,6 +34,21 @@ from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.metrics_core import Metric
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+_children: dict[tuple[int, tuple[str, ...]], object] = {}
+
+
+def labelled(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, remembered: prometheus_client builds and validates the label
+    tuple on every call, which on the timeline read cost more than the recording itself.
+    Made on first use, not at import (in multiprocess mode a child opens its file)."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child  # type: ignore[return-value]
+
 
 # Seconds; from a few milliseconds (a cached timeline) to the budgets' seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

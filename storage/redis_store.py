@@ -10,7 +10,6 @@ and rebuilt from Postgres."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -23,6 +22,7 @@ from domain.ids import encode_member
 from domain.model import Author, Tweet
 from storage.metrics import RATE_LIMIT_REJECTIONS
 from storage.resp import RespClient, Script
+from storage.unique import unique_string
 
 SENTINEL = encode_member(0)
 # In a set that has dropped entries (trimmed to its cap, or merged from a capped source):
@@ -61,6 +61,10 @@ class RedisKeys:
     def tweet(self, tweet_id: int) -> str:
         return f"{self.prefix}tw:{tweet_id}"
 
+    def tweet_prefix(self) -> str:
+        """What `tweet` puts before the id (the timeline read's script builds those keys)."""
+        return f"{self.prefix}tw:"
+
     def author(self, user_id: int) -> str:
         return f"{self.prefix}au:{user_id}"
 
@@ -97,7 +101,10 @@ def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
 # fresh token: see new_version). Then per sorted set: false when it is
 # missing (no sentinel), else {1 if marked TRIMMED else 0, page}. ARGV: sentinel,
 # ZREVRANGEBYLEX max and min, count, number of version keys, the TRIMMED marker, the token,
-# its TTL.
+# its TTL; then, when ARGV[9] is not empty, the tweet cache's key prefix: the reply ends with
+# the newest ARGV[4] members of all the pages together and the cached copy of each (false
+# where none), which spares the read a second round trip for them. Those keys are made
+# here, not passed in: one more reason this script cannot run on Redis Cluster.
 _PAGES = Script("""
 local out = {}
 local plain = tonumber(ARGV[5])
@@ -116,6 +123,35 @@ for i = plain + 1, #KEYS do
   else
     out[i] = false
   end
+end
+if ARGV[9] ~= '' then
+  local members = {}
+  if #KEYS - plain == 1 then
+    if out[#KEYS] then members = out[#KEYS][2] end  -- one page: already newest first
+  else
+    local seen = {}
+    for i = plain + 1, #KEYS do
+      if out[i] then
+        for _, m in ipairs(out[i][2]) do
+          if not seen[m] then
+            seen[m] = true
+            members[#members + 1] = m
+          end
+        end
+      end
+    end
+    -- Fixed-width digits: string order is id order.
+    table.sort(members, function(a, b) return a > b end)
+  end
+  local newest, keys = {}, {}
+  for j = 1, math.min(#members, tonumber(ARGV[4])) do
+    newest[j] = members[j]
+    keys[j] = ARGV[9] .. string.match(members[j], '^0*(%d+)$')
+  end
+  local blobs = {}
+  if #keys > 0 then blobs = redis.call('MGET', unpack(keys)) end
+  out[#KEYS + 1] = newest
+  out[#KEYS + 2] = blobs
 end
 return out
 """)
@@ -194,7 +230,7 @@ def new_version() -> str:
     some process cached before the restart, so a stale follow list would look current. A
     missing version is set to a fresh one by the read that finds it missing, for the same
     reason."""
-    return secrets.token_hex(8)
+    return unique_string()
 
 
 class TimelinePage(msgspec.Struct, frozen=True):
@@ -210,6 +246,9 @@ class HomePages(msgspec.Struct, frozen=True):
     authors: dict[int, TimelinePage | None]
     # Version of the user's likes (`lv:{user}`), for the per-process copy of them.
     likes_version: bytes | None = None
+    # The tweet cache's copies of the newest ids of all these pages together (None where
+    # the cache has none), fetched in the same round trip.
+    cached_tweets: dict[int, bytes | None] = {}
 
 
 class RedisTimelineStore:
@@ -237,30 +276,46 @@ class RedisTimelineStore:
         count: int,
         *,
         values: Sequence[str] = (),
-    ) -> tuple[list[bytes | None], list[TimelinePage | None]]:
+        with_tweets: bool = False,
+    ) -> tuple[list[bytes | None], list[TimelinePage | None], dict[int, bytes | None]]:
         """One script call for any number of sets: a page of each, None where the set is
-        missing (no sentinel); and, in the same round trip, the plain `values`. On Redis
-        Cluster the keys of one call must share a slot."""
+        missing (no sentinel); in the same round trip, the plain `values` and, `with_tweets`,
+        the cached copies of the newest `count` ids of the pages together. On Redis Cluster
+        the keys of one call must share a slot."""
         upper, lower = lex_range(before, after)
         replies = await self._reads.evalsha(
             _PAGES,
             [*values, *keys],
-            [SENTINEL, upper, lower, count, len(values), TRIMMED, new_version(), VERSION_TTL],
+            [
+                SENTINEL,
+                upper,
+                lower,
+                count,
+                len(values),
+                TRIMMED,
+                new_version(),
+                VERSION_TTL,
+                self._keys.tweet_prefix() if with_tweets else "",
+            ],
         )
+        cached: dict[int, bytes | None] = {}
+        if with_tweets:
+            blobs = replies.pop()
+            cached = dict(zip(map(int, replies.pop()), blobs, strict=True))
         pages = [
             None
             if reply is None
             else TimelinePage(ids=[int(m) for m in reply[1]], truncated=reply[0] == 1)
             for reply in replies[len(values) :]
         ]
-        return replies[: len(values)], pages
+        return replies[: len(values)], pages, cached
 
     async def timeline_page(
         self, user_id: int, *, before: int | None, after: int | None, count: int
     ) -> TimelinePage | None:
         """Newest-first ids of the home timeline inside the window; None when the timeline is
         missing and must be rebuilt."""
-        _, (page,) = await self._pages([self._keys.timeline(user_id)], before, after, count)
+        _, (page,), _ = await self._pages([self._keys.timeline(user_id)], before, after, count)
         return page
 
     async def home_pages(
@@ -272,9 +327,10 @@ class RedisTimelineStore:
         after: int | None,
         count: int,
     ) -> HomePages:
-        """The home timeline's page, the given celebrities' pages and the versions of the
-        user's follow list and of the celebrity set, in one round trip."""
-        versions, pages = await self._pages(
+        """The home timeline's page, the given celebrities' pages, the versions of the
+        user's follow list, of the celebrity set and of the user's likes, and the cached
+        copies of the tweets the page will most likely show, in one round trip."""
+        versions, pages, cached = await self._pages(
             [self._keys.timeline(user_id), *(self._keys.author_tweets(a) for a in celebrity_ids)],
             before,
             after,
@@ -284,12 +340,14 @@ class RedisTimelineStore:
                 self._keys.celebrity_version(),
                 self._keys.like_version(user_id),
             ],
+            with_tweets=True,
         )
         return HomePages(
             versions=(versions[0], versions[1]),
             home=pages[0],
             authors=dict(zip(celebrity_ids, pages[1:], strict=True)),
             likes_version=versions[2],
+            cached_tweets=cached,
         )
 
     async def author_pages(
@@ -298,7 +356,7 @@ class RedisTimelineStore:
         if not author_ids:
             return {}
         keys = [self._keys.author_tweets(a) for a in author_ids]
-        _, pages = await self._pages(keys, before, after, count)
+        _, pages, _ = await self._pages(keys, before, after, count)
         return dict(zip(author_ids, pages, strict=True))
 
     async def bump_follow_version(self, user_id: int) -> None:
@@ -408,7 +466,11 @@ T = TypeVar("T")
 
 
 class RedisObjectCache(Generic[T]):
-    """A msgspec-encoded object per key, read in one MGET and written in one pipeline."""
+    """A msgspec-encoded object per key, read in one MGET and written in one pipeline.
+
+    Decoded objects are kept per process by their encoded bytes: the same cached version
+    always comes back as the same (immutable) object, so what is derived from it once (a
+    tweet's JSON, web/tweet_json.py) can be reused as long as the cache holds that version."""
 
     def __init__(
         self,
@@ -418,6 +480,7 @@ class RedisObjectCache(Generic[T]):
         type_: type[T],
         *,
         ttl: int,
+        decoded_kept: int = 20_000,
     ) -> None:
         self._redis = client
         self._reads = reads
@@ -425,14 +488,25 @@ class RedisObjectCache(Generic[T]):
         self._decoder = msgspec.msgpack.Decoder(type_)
         self._encoder = msgspec.msgpack.Encoder()
         self._ttl = ttl
+        self._decoded: dict[bytes, T] = {}
+        self._decoded_kept = decoded_kept
+
+    def decode(self, blob: bytes) -> T:
+        value = self._decoded.get(blob)
+        if value is None:
+            value = self._decoder.decode(blob)
+            if len(self._decoded) >= self._decoded_kept:
+                # Cheaper than tracking recency, and what is still read comes back at once.
+                self._decoded.clear()
+            self._decoded[blob] = value
+        return value
 
     async def get_many(self, ids: Sequence[int]) -> dict[int, T]:
         if not ids:
             return {}
         values: list[bytes | None] = await self._reads.execute("MGET", *[self._key(i) for i in ids])
-        return {
-            i: self._decoder.decode(v) for i, v in zip(ids, values, strict=True) if v is not None
-        }
+        decode = self.decode
+        return {i: decode(v) for i, v in zip(ids, values, strict=True) if v is not None}
 
     async def put_many(self, objects: dict[int, T]) -> None:
         if not objects:

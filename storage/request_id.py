@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 from collections.abc import Iterator
 from contextvars import ContextVar
+
+from storage.unique import unique_string
 
 HEADER = "X-Request-ID"
 MAX_LENGTH = 64
@@ -25,7 +26,7 @@ def current_request_id() -> str | None:
 
 
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return unique_string()
 
 
 def accept_request_id(supplied: str | None) -> str:

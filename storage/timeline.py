@@ -16,7 +16,7 @@ from domain.model import TweetView
 from domain.timeline import in_window, merge_newest_first, page_cursor, visible_authors
 from storage.hydrate import LikedLookup, TweetReader
 from storage.local_cache import ExpiringCache
-from storage.metrics import TIMELINE_ASSEMBLY_SECONDS
+from storage.metrics import TIMELINE_ASSEMBLY_SECONDS, labelled
 from storage.redis_store import (
     REDIS_ERRORS,
     HomePages,
@@ -92,9 +92,11 @@ class HomeTimeline:
         redis_usable = self._breaker.closed
         followees: Followees | None = None
         liked: LikedLookup | None = None
+        prefetched: dict[int, bytes | None] = {}
         if redis_usable:
             try:
                 followees, pages = await self._redis_pages(user_id, before, after, want)
+                prefetched = pages.cached_tweets
                 liked = self._liked_lookup(user_id, pages.likes_version)
                 ids, source = await self._candidates_from_redis(
                     user_id, followees, before, after, want, pages
@@ -109,7 +111,9 @@ class HomeTimeline:
             ids = await self._tweets.ids_by_authors(
                 list(authors), before=before, after=after, limit=want
             )
-        views = await self._reader.views(user_id, ids, visible_authors=authors, liked=liked)
+        views = await self._reader.views(
+            user_id, ids, visible_authors=authors, liked=liked, prefetched=prefetched
+        )
         if len(views) < len(ids) and len(ids) == want:
             # Redis held stale entries (deleted tweets, a push that raced an unfollow) that
             # the filter dropped: fill the page from Postgres, which holds none.
@@ -118,7 +122,7 @@ class HomeTimeline:
             )
             views += await self._reader.views(user_id, more, visible_authors=authors, liked=liked)
         page = views[:limit]
-        TIMELINE_ASSEMBLY_SECONDS.labels(source=source).observe(time.perf_counter() - started)
+        labelled(TIMELINE_ASSEMBLY_SECONDS, source).observe(time.perf_counter() - started)
         return HomePage(
             items=page,
             next_cursor=page_cursor([v.tweet.id for v in page], limit, len(views) > limit),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from domain.errors import InvalidInput, NotFound
 from domain.ids import parse_id
+from domain.model import TweetView
 from web.deps import ChirpDep, PrincipalDep, ViewerDep
 from web.errors import rate_limit_headers
 from web.schemas import (
@@ -26,6 +28,18 @@ from web.schemas import (
     tweet_out,
     user_out,
 )
+from web.services import Chirp
+
+
+def tweet_list(
+    chirp: Chirp, items: Sequence[TweetView], next_cursor: int | None
+) -> Response[TweetListOut]:
+    """A TweetListOut, encoded by TweetJson (which reuses each tweet's JSON)."""
+    body = chirp.tweet_json.list_body(items, next_cursor)
+    # Already the encoded TweetListOut: Litestar sends bytes as they are, and documents the
+    # annotation's type in the OpenAPI schema.
+    return Response(cast("TweetListOut", body), media_type=MediaType.JSON)
+
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -172,14 +186,11 @@ class UserController(Controller):
         viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
-    ) -> TweetListOut:
+    ) -> Response[TweetListOut]:
         page = await chirp.user_tweets(
             viewer, username, before=parse_cursor(cursor), limit=parse_limit(limit)
         )
-        return TweetListOut(
-            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
-            next_cursor=cursor_out(page.next_cursor),
-        )
+        return tweet_list(chirp, page.items, page.next_cursor)
 
 
 class TweetController(Controller):
@@ -240,14 +251,11 @@ class TweetController(Controller):
         viewer: ViewerDep,
         limit: LimitParam = None,
         cursor: CursorParam = None,
-    ) -> TweetListOut:
+    ) -> Response[TweetListOut]:
         page = await chirp.replies(
             viewer, parse_tweet_id(tweet_id), after=parse_cursor(cursor), limit=parse_limit(limit)
         )
-        return TweetListOut(
-            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
-            next_cursor=cursor_out(page.next_cursor),
-        )
+        return tweet_list(chirp, page.items, page.next_cursor)
 
     @post("/{tweet_id:str}/like", status_code=200)
     async def like(
@@ -281,14 +289,11 @@ class TimelineController(Controller):
                 name="since_id", description="only tweets newer than this", required=False
             ),
         ] = None,
-    ) -> TweetListOut:
+    ) -> Response[TweetListOut]:
         page = await chirp.home(
             principal,
             before=parse_cursor(cursor),
             after=parse_cursor(since_id, "since_id"),
             limit=parse_limit(limit),
         )
-        return TweetListOut(
-            tweets=[tweet_out(v, chirp.media.url) for v in page.items],
-            next_cursor=cursor_out(page.next_cursor),
-        )
+        return tweet_list(chirp, page.items, page.next_cursor)

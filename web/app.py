@@ -23,7 +23,7 @@ from realtime.live import LiveHub
 from storage.metrics import forget_dead_processes
 from web.api import AccountController, TimelineController, TweetController, UserController
 from web.container import Services, build_services, settle_heap, start_services, stop_services
-from web.csrf import csrf_guard
+from web.csrf import csrf_protection
 from web.deps import ChirpDep, ViewerDep
 from web.errors import handle_domain_error, handle_http_error, handle_unexpected
 from web.media_api import LocalMediaController, MediaController
@@ -56,7 +56,7 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1.0)
 
 
-async def provide_chirp(state: State) -> Chirp:
+def provide_chirp(state: State) -> Chirp:
     chirp: ChirpDep = state.chirp
     return chirp
 
@@ -176,16 +176,15 @@ def create_app(settings: Settings | None = None, *, run_relay: bool = True) -> L
             static_files_router(),
         ],
         template_config=template_config(),
-        # Requests the session cookie would authenticate need the CSRF token (web/csrf.py).
-        guards=[csrf_guard],
-        # The request id and request metrics (web/observability.py).
-        middleware=[request_observer],
+        # The request id and request metrics (web/observability.py); requests the session
+        # cookie would authenticate need the CSRF token (web/csrf.py).
+        middleware=[request_observer, csrf_protection],
         # Logging is configured once, by web/logs.py (JSON lines). Litestar's default config
         # would replace the root logger's handler and level with its own plain-text ones.
         logging_config=None,
         lifespan=[lifespan],
         dependencies={
-            "chirp": Provide(provide_chirp),
+            "chirp": Provide(provide_chirp, sync_to_thread=False),
             "viewer": Provide(provide_viewer),
             "principal": Provide(provide_principal),
         },

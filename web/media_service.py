@@ -112,6 +112,13 @@ class MediaService:
         issued_at, expires = read_url_window(datetime.now(UTC))
         return self.s.media_store.presign_get(media.key, expires, issued_at=issued_at)
 
+    def url_window(self) -> datetime | None:
+        """What `url` depends on besides the media: the same for every call within one
+        window, so a URL made in it can be reused until the window changes."""
+        if self.s.settings.media_public_base_url:
+            return None
+        return read_url_window(datetime.now(UTC))[0]
+
     async def collect(self, older_than: timedelta = PENDING_MEDIA_MAX_AGE) -> int:
         """Removes uploads never attached to a tweet, object and row. Returns how many."""
 

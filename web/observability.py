@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from realtime.streams_report import StreamsUnavailable, read_streams
-from storage.metrics import HTTP_REQUEST_SECONDS, exposition
+from storage.metrics import HTTP_REQUEST_SECONDS, exposition, labelled
 from storage.request_id import accept_request_id, bound_request_id
 from web.container import Services
 
@@ -65,9 +65,7 @@ def request_observer(app: ASGIApp) -> ASGIApp:
                     route = str(scope.get("path_template") or "unmatched")
                     method = str(scope.get("method", ""))
                     seconds = time.perf_counter() - started
-                    HTTP_REQUEST_SECONDS.labels(
-                        route=route, method=method, status=str(status)
-                    ).observe(seconds)
+                    labelled(HTTP_REQUEST_SECONDS, route, method, str(status)).observe(seconds)
                     # The access log, structured (uvicorn's own is off); debug: it is a
                     # line per request.
                     log.debug(

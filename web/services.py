@@ -32,6 +32,7 @@ from storage.timeline import HomePage
 from web.container import Services
 from web.media_service import MediaService
 from web.security import hash_password, hash_token, needs_rehash, new_token, verify_password
+from web.tweet_json import TweetJson
 
 log = logging.getLogger("chirp.services")
 
@@ -59,6 +60,7 @@ class Chirp:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.media = MediaService(services)
+        self.tweet_json = TweetJson(self.media.url, self.media.url_window)
         # Whom a token belongs to: the lookup was a Postgres query on every authenticated
         # request, the largest single cost of a timeline read.
         self._principals: ExpiringCache[bytes, Principal] = ExpiringCache(

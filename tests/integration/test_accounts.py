@@ -3,6 +3,8 @@ endpoint shares: the error body, malformed and oversized bodies, wrong JSON type
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support import (
@@ -266,3 +268,25 @@ async def test_wrong_json_types_in_a_tweet_get_400_or_422(api: Api) -> None:
         response = await api.client.post("/api/v1/tweets", json=body, headers=alice.auth)
         assert response.status_code in (400, 422), (body, response.text)
         assert_error(response, response.status_code)
+
+
+async def test_an_api_write_carried_by_the_session_cookie_needs_the_csrf_token(
+    api: Api,
+) -> None:
+    alice = await api.sign_up()
+    cookie = {"Cookie": f"chirp_session={alice.token}"}
+    page = await api.client.get("/", headers=cookie)
+    [csrf] = re.findall(r'data-csrf="([0-9a-f]{64})"', page.text)
+
+    forged = await api.client.post("/api/v1/tweets", json={"text": "forged"}, headers=cookie)
+    assert_error(forged, 403)
+    wrong = {**cookie, "X-CSRF-Token": "0" * 64}
+    assert_error(await api.client.post("/api/v1/tweets", json={"text": "x"}, headers=wrong), 403)
+    genuine = {**cookie, "X-CSRF-Token": csrf}
+    created = await api.client.post("/api/v1/tweets", json={"text": "genuine"}, headers=genuine)
+    assert created.status_code == 201
+    # Reads need no token, and a bearer token is no ambient credential: it needs none either.
+    timeline = await api.client.get("/api/v1/timeline", headers=cookie)
+    assert [t["text"] for t in timeline.json()["tweets"]] == ["genuine"]
+    bearer = await api.client.post("/api/v1/tweets", json={"text": "by bearer"}, headers=alice.auth)
+    assert bearer.status_code == 201

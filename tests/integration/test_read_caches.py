@@ -6,6 +6,7 @@ with no fanout worker running to help."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -116,6 +117,55 @@ async def test_a_like_through_one_process_shows_on_the_next_read_through_another
     assert await liked()
     await reader.unlike(tweet["id"])
     assert not await liked()
+
+
+async def test_counts_and_deletions_show_on_the_next_read_through_another_process(
+    api: Api, other_process: Api
+) -> None:
+    # The other process keeps each tweet's JSON while the cache hands back the same copy: a
+    # like, a reply or a deletion elsewhere must still show on its very next read.
+    reader, author, fan = await api.sign_up(), await api.sign_up(), await api.sign_up()
+    await reader.follow(author)
+    kept, doomed = await author.post("counted"), await author.post("doomed")
+    elsewhere = through(other_process, reader)
+
+    async def shown() -> dict[str, tuple[int, int]]:
+        tweets = (await elsewhere.timeline())["tweets"]
+        return {t["id"]: (t["like_count"], t["reply_count"]) for t in tweets}
+
+    assert await shown() == {doomed["id"]: (0, 0), kept["id"]: (0, 0)}
+    assert await shown() == {doomed["id"]: (0, 0), kept["id"]: (0, 0)}
+    await fan.like(kept["id"])
+    await fan.post("a reply", reply_to=kept["id"])
+    assert await shown() == {doomed["id"]: (0, 0), kept["id"]: (1, 1)}
+    await author.delete(doomed["id"])
+    assert await shown() == {kept["id"]: (1, 1)}
+
+
+async def test_a_timeline_read_in_steady_state_is_one_redis_round_trip(api: Api) -> None:
+    reader, author = await api.sign_up(), await api.sign_up()
+    await reader.follow(author)
+    for n in range(3):
+        await author.post(f"tweet {n}")
+    expected = await reader.timeline_ids()  # rebuilds the timeline and fills the caches
+    assert len(expected) == 3
+    await reader.timeline_ids()
+    reads = api.client.app.state.services.redis_reads
+    calls = 0
+    execute_many = reads.execute_many
+
+    async def counted(commands: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await execute_many(commands)
+
+    reads.execute_many = counted
+    try:
+        assert await reader.timeline_ids() == expected
+    finally:
+        del reads.execute_many
+    # The page, the versions of the cached follow list and likes, and the tweets themselves.
+    assert calls == 1
 
 
 async def test_liked_flags_stay_right_on_pages_older_than_the_ones_read_before(

@@ -1,0 +1,39 @@
+"""What each process keeps for itself: expiring copies and never-repeating strings."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from storage.local_cache import ExpiringCache
+from storage.unique import unique_string
+
+
+def test_get_all_answers_only_when_every_key_is_there_and_current() -> None:
+    cache: ExpiringCache[int, str] = ExpiringCache(60.0)
+    cache.put(1, "one")
+    cache.put(2, "two")
+    assert cache.get_all([1, 2]) == {1: "one", 2: "two"}
+    assert cache.get_all([]) == {}
+    assert cache.get_all([1, 3]) is None
+    short: ExpiringCache[int, str] = ExpiringCache(0.01)
+    short.put(1, "one")
+    time.sleep(0.02)
+    assert short.get_all([1]) is None
+
+
+def test_unique_strings_never_repeat_and_a_forked_child_draws_its_own() -> None:
+    here = [unique_string() for _ in range(1000)]
+    assert len(set(here)) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it hands out next, as the parent would have
+        os.write(write, "\n".join(unique_string() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    parent = [unique_string() for _ in range(1000)]
+    assert len(set(child)) == 1000
+    assert not set(child) & set(parent)
