@@ -64,16 +64,16 @@ class BatchEventConsumer(EventConsumer):
             durable,
             self._unused,
             batch=batch,
+            max_wait=max_wait,
             ack_wait=ack_wait,
             max_deliver=max_deliver,
+            redelivery_delay=redelivery_delay,
         )
         self._batch_handler = handler
         self._filter_subject = filter_subject
-        self._max_wait = max_wait
         self._transient = transient
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
-        self._redelivery_delay = redelivery_delay
         self.batches = 0
         self.held_retries = 0
 
@@ -92,23 +92,6 @@ class BatchEventConsumer(EventConsumer):
         messages = await self._collect(subscription)
         if messages:
             await self._process(messages, stop)
-
-    async def _collect(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            messages = await subscription.fetch(self._batch, timeout=1.0)
-        except TimeoutError:
-            return []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_wait
-        while len(messages) < self._batch:
-            remaining = deadline - loop.time()
-            if remaining < 0.01:
-                break
-            try:
-                messages += await subscription.fetch(self._batch - len(messages), timeout=remaining)
-            except TimeoutError:
-                break
-        return messages
 
     async def _process(self, messages: list[Msg], stop: asyncio.Event) -> None:
         batch: list[Delivery] = []

@@ -219,6 +219,65 @@ return written
 """)
 
 
+# The push case of _ADD (no floor, no rebuild), for many pushes in one call, in fewer
+# commands per key: what a key holds decides which of _ADD's steps can change anything, and
+# the others are skipped (an empty key needs no marker lookup and no trim; a set that stays
+# under its cap, no trim; a marked set, no cut unless a member is older than its oldest
+# entry). The result is _ADD's, key for key (tests/integration/test_timeline_push.py).
+# ARGV[1]: the cap; ARGV[2], when not empty: a TTL for a key that has none (as _ADD's
+# ARGV[4]). Then groups: a key count c, a member count n, the n members; the group's members
+# go to the next c KEYS.
+_PUSH = Script(f"""
+local max, new_ttl = tonumber(ARGV[1]), ARGV[2]
+local at, first = 3, 1
+while at <= #ARGV do
+  local count, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local members, lowest = {{}}, ARGV[at + 2]
+  for j = at + 2, at + n + 1 do
+    members[#members + 1] = 0
+    members[#members + 1] = ARGV[j]
+    if ARGV[j] < lowest then lowest = ARGV[j] end
+  end
+  at = at + n + 2
+  for i = first, first + count - 1 do
+    local key = KEYS[i]
+    local size = redis.call('ZCARD', key)
+    local marked, oldest = false, nil
+    if size >= max then
+      -- At its cap a set is nearly always marked: one command reads the marker and the
+      -- oldest entry (ZRANGE costs more than ZSCORE, less than ZSCORE plus ZRANGEBYLEX).
+      local head = redis.call('ZRANGE', key, 0, 2)
+      local k = head[1] == '{SENTINEL}' and 2 or 1
+      marked = head[k] == '{TRIMMED}'
+      if marked then oldest = head[k + 1] end
+    elseif size > 0 then
+      marked = redis.call('ZSCORE', key, '{TRIMMED}') ~= false
+      if marked then
+        oldest = redis.call('ZRANGEBYLEX', key, '({TRIMMED}', '+', 'LIMIT', 0, 1)[1]
+      end
+    end
+    redis.call('ZADD', key, unpack(members))
+    if oldest and lowest < oldest then
+      redis.call('ZREMRANGEBYLEX', key, '({TRIMMED}', '(' .. oldest)
+    end
+    local base = marked and 2 or 1
+    if size + n > max + base
+        and redis.call('ZREMRANGEBYRANK', key, base, -(max + 1)) > 0 and not marked then
+      redis.call('ZADD', key, 0, '{TRIMMED}')
+    end
+    if new_ttl ~= '' and (size == 0 or redis.call('TTL', key) < 0) then
+      redis.call('EXPIRE', key, tonumber(new_ttl))
+    end
+  end
+  first = first + count
+end
+return first - 1
+""")
+
+# A push: (ids of the users or authors whose sets get them, tweet ids).
+Push = tuple[Sequence[int], Sequence[int]]
+
+
 # Version keys expire (a missing one is set to a fresh token by the next read, which at
 # worst makes every process reload its copy once), so they do not pile up per user.
 VERSION_TTL = 7 * 86_400
@@ -415,14 +474,54 @@ class RedisTimelineStore:
         await self._redis.expire(self._keys.timeline(user_id), self._ttl)
 
     async def push_to_timelines(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        """One script call for a chunk of followers: add, then trim to the cap (above the
-        sentinel and the TRIMMED marker). A pipeline of ZADD + ZREMRANGEBYRANK per
-        follower spent its time packing commands in Python: 24k inserts/s against 163k/s
-        for this (bench/fanout.py). On Redis Cluster the keys of one call must share a slot:
-        chunk by slot there."""
-        if not user_ids:
-            return
-        await self._add_members([self._keys.timeline(u) for u in user_ids], tweet_ids)
+        """Adds the tweets to each timeline, then trims it to the cap (above the sentinel
+        and the TRIMMED marker)."""
+        await self.push_many(timelines=[(user_ids, tweet_ids)])
+
+    async def push_many(
+        self,
+        timelines: Sequence[Push] = (),
+        authors: Sequence[Push] = (),
+        *,
+        keys_per_call: int = 1000,
+    ) -> None:
+        """Any number of pushes into home timelines and authors' lists in one round trip
+        (_PUSH calls of at most `keys_per_call` keys each: a script blocks Redis while it
+        runs). A pipeline of ZADD + ZREMRANGEBYRANK per follower spent its time packing
+        commands in Python: 24k inserts/s against 163k/s for a script (bench/fanout.py).
+        On Redis Cluster the keys of one call must share a slot: group by slot there."""
+        calls = [
+            *self._push_calls(timelines, self._keys.timeline, "", keys_per_call),
+            # Into an author's list still being rebuilt too: the rebuild read Postgres before
+            # this tweet committed, and merges into what is there (skipping it lost the
+            # tweet from the read-time merge until the list expired).
+            *self._push_calls(authors, self._keys.author_tweets, self._ttl, keys_per_call),
+        ]
+        if calls:
+            await self._reads.evalsha_many(_PUSH, calls)
+
+    def _push_calls(
+        self, pushes: Sequence[Push], key: Callable[[int], str], new_key_ttl: int | str, limit: int
+    ) -> list[tuple[list[str], list[int | str]]]:
+        calls: list[tuple[list[str], list[int | str]]] = []
+        keys: list[str] = []
+        args: list[int | str] = []
+        for owners, tweet_ids in pushes:
+            if not tweet_ids:
+                continue
+            members = [encode_member(t) for t in tweet_ids]
+            start = 0
+            while start < len(owners):
+                if len(keys) >= limit:
+                    calls.append((keys, [self.max_entries, new_key_ttl, *args]))
+                    keys, args = [], []
+                part = owners[start : start + limit - len(keys)]
+                keys += [key(o) for o in part]
+                args += [len(part), len(members), *members]
+                start += len(part)
+        if keys:
+            calls.append((keys, [self.max_entries, new_key_ttl, *args]))
+        return calls
 
     async def merge_into_timelines(
         self, user_ids: Sequence[int], tweet_ids: Sequence[int], *, capped: bool
@@ -448,12 +547,7 @@ class RedisTimelineStore:
             await pipe.execute()
 
     async def push_to_author(self, author_id: int, tweet_id: int) -> None:
-        # Into a list still being rebuilt too: the rebuild read Postgres before this tweet
-        # committed, and merges into what is there (skipping it lost the tweet from the
-        # read-time merge until the list expired).
-        await self._add_members(
-            [self._keys.author_tweets(author_id)], [tweet_id], new_key_ttl=self._ttl
-        )
+        await self.push_many(authors=[([author_id], [tweet_id])])
 
     async def unpush_from_author(self, author_id: int, tweet_id: int) -> None:
         await self._redis.zrem(self._keys.author_tweets(author_id), encode_member(tweet_id))

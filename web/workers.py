@@ -8,14 +8,14 @@ import logging
 import signal
 
 from realtime.consumer import EventConsumer
-from realtime.fanout import Fanout
+from realtime.fanout import Fanout, FanoutTuning, fanout_event_consumer
 from realtime.indexer import (
     TRANSIENT_ERRORS,
     IndexerTuning,
     SearchIndexer,
     search_indexer_consumer,
 )
-from realtime.live import LivePublisher
+from realtime.live import LivePublisher, Presence
 from storage.fanout_log import FanoutLog
 from web.container import Services, provide_services, settle_heap
 from web.settings import Settings
@@ -23,7 +23,12 @@ from web.settings import Settings
 log = logging.getLogger("chirp.worker")
 
 
-def fanout_consumer(services: Services) -> tuple[EventConsumer, Fanout]:
+def fanout_consumer(
+    services: Services, tuning: FanoutTuning | None = None
+) -> tuple[EventConsumer, Fanout]:
+    tuning = tuning or FanoutTuning()
+    # The worker's Redis calls that come by the thousand go through the lean client.
+    presence = Presence(services.redis, services.keys, reads=services.redis_reads)
     fanout = Fanout(
         services.store,
         services.timelines,
@@ -31,11 +36,12 @@ def fanout_consumer(services: Services) -> tuple[EventConsumer, Fanout]:
         services.users,
         services.follows,
         services.reader,
-        LivePublisher(services.link, services.names, services.presence),
+        LivePublisher(services.link, services.names, presence),
         active_days=services.settings.active_days,
-        fanout_log=FanoutLog(services.redis, services.keys),
+        chunk_size=tuning.chunk_size,
+        fanout_log=FanoutLog(services.redis, services.keys, writes=services.redis_reads),
     )
-    return EventConsumer(services.link, services.names, "fanout", fanout.handle), fanout
+    return fanout_event_consumer(services.link, services.names, fanout, tuning), fanout
 
 
 def search_indexer(
