@@ -51,7 +51,10 @@ class TweetReader:
     ) -> dict[int, Tweet]:
         """`prefetched`: the tweet cache's copies of some of these, read by the caller in an
         earlier round trip (None: the cache has none)."""
-        if self._unforgotten and self._breaker.closed:
+        # Copies prefetched before a pending invalidation goes through below are as stale as
+        # the cache was then: those ids are read again after it.
+        pending = frozenset(self._unforgotten) if self._unforgotten else frozenset()
+        if pending and self._breaker.closed:
             await self.forget_tweets([])
         found: dict[int, Tweet] = {}
         remote = ids
@@ -59,9 +62,9 @@ class TweetReader:
             decode = self._tweet_cache.decode
             for i in ids:
                 blob = prefetched.get(i)
-                if blob is not None:
+                if blob is not None and i not in pending:
                     found[i] = decode(blob)
-            remote = [i for i in ids if i not in prefetched]
+            remote = [i for i in ids if i not in prefetched or i in pending]
             _count_cache("tweet", len(found), len(ids) - len(remote) - len(found))
         if remote:
             found.update(await self._cached(self._tweet_cache, remote))
