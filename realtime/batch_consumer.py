@@ -29,7 +29,7 @@ from nats.js.api import ConsumerConfig
 from domain.events import AnyEvent, decode_event
 from realtime.consumer import EventConsumer
 from realtime.jetstream import NatsLink, StreamNames
-from storage.metrics import EVENTS_HANDLED
+from storage.metrics import EVENTS_HANDLED, labelled
 from storage.request_id import bound_request_id
 
 log = logging.getLogger("chirp.consumer")
@@ -116,10 +116,10 @@ class BatchEventConsumer(EventConsumer):
             if reason is None:
                 await message.ack()
                 self.handled += 1
-                EVENTS_HANDLED.labels(consumer=self.durable, result="ok").inc()
+                labelled(EVENTS_HANDLED, self.durable, "ok").inc()
                 continue
             self.failed += 1
-            EVENTS_HANDLED.labels(consumer=self.durable, result="failed").inc()
+            labelled(EVENTS_HANDLED, self.durable, "failed").inc()
             delivered = message.metadata.num_delivered
             with bound_request_id(event.request_id):
                 log.warning(

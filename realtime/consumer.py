@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from domain.events import AnyEvent, Event, decode_event, ordering_key
 from realtime.jetstream import NATS_ERRORS, NatsLink, StreamNames
-from storage.metrics import EVENTS_HANDLED
+from storage.metrics import EVENTS_HANDLED, labelled
 from storage.request_id import bound_request_id
 
 log = logging.getLogger("chirp.consumer")
@@ -203,7 +203,7 @@ class EventConsumer:
                 for message, _ in deliveries:
                     await message.ack()
                 self.handled += len(deliveries)
-                EVENTS_HANDLED.labels(consumer=self.durable, result="ok").inc(len(deliveries))
+                labelled(EVENTS_HANDLED, self.durable, "ok").inc(len(deliveries))
                 return
         # Effects are idempotent: whatever a failed bulk did is simply done again.
         for message, event in deliveries:
@@ -223,7 +223,7 @@ class EventConsumer:
                 await self._handler(event)
             except Exception as error:
                 self.failed += 1
-                EVENTS_HANDLED.labels(consumer=self.durable, result="failed").inc()
+                labelled(EVENTS_HANDLED, self.durable, "failed").inc()
                 delivered = message.metadata.num_delivered
                 log.exception(
                     "event handler failed",
@@ -243,7 +243,7 @@ class EventConsumer:
                 return
         await message.ack()
         self.handled += 1
-        EVENTS_HANDLED.labels(consumer=self.durable, result="ok").inc()
+        labelled(EVENTS_HANDLED, self.durable, "ok").inc()
 
     async def _dead_letter(self, message: Msg, reason: str) -> None:
         await self._link.js.publish(
@@ -253,4 +253,4 @@ class EventConsumer:
         )
         await message.ack()
         self.dead_lettered += 1
-        EVENTS_HANDLED.labels(consumer=self.durable, result="dead_letter").inc()
+        labelled(EVENTS_HANDLED, self.durable, "dead_letter").inc()

@@ -45,7 +45,7 @@ from realtime.jetstream import NatsLink, StreamNames
 from realtime.live import LiveEvent, LivePublisher
 from storage.fanout_log import FanoutLog, FanoutRecord
 from storage.hydrate import TweetReader
-from storage.metrics import FANOUT_LAG_SECONDS, FANOUT_TWEETS
+from storage.metrics import FANOUT_LAG_SECONDS, FANOUT_TWEETS, labelled
 from storage.redis_store import REDIS_ERRORS, Push, RedisTimelineStore
 from storage.repositories import (
     FollowRepository,
@@ -214,9 +214,9 @@ class Fanout:
         """Metrics, log lines and the operators' records (`fo:{tweet_id}`) of fanouts."""
         pushes = [e for e in entries if e.mode == "push"]
         if pushes:
-            FANOUT_TWEETS.labels(mode="push").inc(len(pushes))
+            labelled(FANOUT_TWEETS, "push").inc(len(pushes))
         if len(pushes) < len(entries):
-            FANOUT_TWEETS.labels(mode="celebrity").inc(len(entries) - len(pushes))
+            labelled(FANOUT_TWEETS, "celebrity").inc(len(entries) - len(pushes))
         for entry in pushes:
             FANOUT_LAG_SECONDS.observe(entry.lag_seconds)
         if log.isEnabledFor(logging.DEBUG):

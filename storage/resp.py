@@ -132,12 +132,8 @@ class RespClient:
         return [await f for f in futures]
 
     async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except ResponseError as error:
-            if not str(error).startswith("NOSCRIPT"):
-                raise
-            return await self.execute("EVAL", script.body, len(keys), *keys, *args)
+        (reply,) = await self.evalsha_many(script, [(keys, args)])
+        return reply
 
     async def evalsha_many(
         self, script: Script, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]

@@ -13,7 +13,7 @@ import msgspec
 from domain.errors import InvalidInput
 from domain.model import TweetView
 from domain.search import parse_search_query
-from storage.metrics import SEARCH_ANSWERS
+from storage.metrics import SEARCH_ANSWERS, labelled
 from storage.search_index import MissingCollection, SearchPage, SearchRejected
 from web.container import Services
 
@@ -48,6 +48,6 @@ class TweetSearch:
         except SearchRejected as error:
             log.warning("search engine rejected a query", extra={"q": q, "error": str(error)})
             raise InvalidInput("q is not a query the search engine accepts") from error
-        SEARCH_ANSWERS.labels("complete" if result.complete else "newest").inc()
+        labelled(SEARCH_ANSWERS, "complete" if result.complete else "newest").inc()
         views = await self.s.reader.views(viewer_id, result.ids)
         return SearchResults(items=views, found=result.found, page=page, complete=result.complete)
