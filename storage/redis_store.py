@@ -125,31 +125,39 @@ for i = plain + 1, #KEYS do
   end
 end
 if ARGV[9] ~= '' then
-  local members = {}
-  if #KEYS - plain == 1 then
-    if out[#KEYS] then members = out[#KEYS][2] end  -- one page: already newest first
-  else
-    local seen = {}
-    for i = plain + 1, #KEYS do
-      if out[i] then
-        for _, m in ipairs(out[i][2]) do
-          if not seen[m] then
-            seen[m] = true
-            members[#members + 1] = m
-          end
-        end
-      end
+  -- Each page is newest first, so the newest of all is a merge of their heads (a tweet in
+  -- two pages comes out twice in a row). Sorting every page's members together cost a
+  -- quarter of the script's time for a reader following a few celebrities.
+  local pages, heads = {}, {}
+  for i = plain + 1, #KEYS do
+    if out[i] and #out[i][2] > 0 then
+      pages[#pages + 1] = out[i][2]
+      heads[#heads + 1] = 1
     end
-    -- Fixed-width digits: string order is id order.
-    table.sort(members, function(a, b) return a > b end)
   end
-  local newest, keys = {}, {}
-  for j = 1, math.min(#members, tonumber(ARGV[4])) do
-    newest[j] = members[j]
-    keys[j] = ARGV[9] .. string.match(members[j], '^0*(%d+)$')
+  local want, prefix = tonumber(ARGV[4]), ARGV[9]
+  local newest, keys, last = {}, {}, nil
+  local n = 0
+  while n < want do
+    local best, from = nil, 0
+    for i = 1, #pages do
+      local m = pages[i][heads[i]]
+      -- Fixed-width digits: string order is id order.
+      if m and (not best or m > best) then best, from = m, i end
+    end
+    if not best then break end
+    heads[from] = heads[from] + 1
+    if best ~= last then
+      n = n + 1
+      newest[n] = best
+      -- The cache key holds the id without the padding (a pattern with a capture, as
+      -- string.match takes, cost Redis a microsecond per member).
+      keys[n] = prefix .. string.sub(best, (string.find(best, '[1-9]')))
+      last = best
+    end
   end
   local blobs = {}
-  if #keys > 0 then blobs = redis.call('MGET', unpack(keys)) end
+  if n > 0 then blobs = redis.call('MGET', unpack(keys)) end
   out[#KEYS + 1] = newest
   out[#KEYS + 2] = blobs
 end
