@@ -44,10 +44,27 @@ class _Protocol(asyncio.Protocol):
         # failure) to calls waiting on the new one.
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.last_reply = time.monotonic()
+        # Commands written in one turn of the event loop, sent together at its end: under
+        # load several requests reach Redis in the same turn, and the loopback send was the
+        # largest single cost of a timeline read in py-spy. bench/ at 64 connections: 3 to
+        # 4 calls per write, and 5 µs less Redis CPU per read (it reads fewer times too).
+        self._unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they do implement it.
         self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, data: bytes) -> None:
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unsent.append(data)
+
+    def _flush(self) -> None:
+        data = b"".join(self._unsent)
+        self._unsent.clear()
+        # A connection lost meanwhile has failed the waiting calls (connection_lost).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         self.last_reply = time.monotonic()
@@ -117,8 +134,6 @@ class RespClient:
         protocol = self._protocol
         if protocol is None or _closing(protocol):
             protocol = await self._connect()
-        transport = protocol.transport
-        assert transport is not None
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
@@ -126,7 +141,7 @@ class RespClient:
             future = loop.create_future()
             protocol.waiting.append((future, now))
             futures.append(future)
-        transport.write(b"".join(pack_command(c) for c in commands))
+        protocol.send(b"".join(pack_command(c) for c in commands))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._reply_timeout, self._check_overdue)
         return [await f for f in futures]

@@ -113,3 +113,37 @@ async def test_the_database_in_the_url_is_selected(
         assert await redis_client.get(key) is None
     finally:
         await other.aclose()
+
+
+class CountingTransport:
+    """The client's transport, counting the writes that go through it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+async def test_calls_made_in_one_turn_of_the_loop_reach_redis_in_one_write(
+    resp: RespClient, redis_client: aioredis.Redis
+) -> None:
+    prefix = unique_name("turn")
+    await redis_client.mset({f"{prefix}:{i}": str(i) for i in range(50)})
+    await resp.execute("PING")
+    protocol = resp._protocol
+    assert protocol is not None and protocol.transport is not None
+    counting = CountingTransport(protocol.transport)
+    protocol.transport = counting  # type: ignore[assignment]
+
+    replies = await asyncio.gather(*(resp.execute("GET", f"{prefix}:{i}") for i in range(50)))
+
+    assert replies == [str(i).encode() for i in range(50)]
+    assert counting.writes == 1
+    assert await resp.execute("GET", f"{prefix}:7") == b"7"
+    assert counting.writes == 2
