@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
+
 from launcher.process import free_port
 from launcher.services import (
     EmbeddedStack,
@@ -167,9 +169,16 @@ class ChirpProcess:
                 self.process.wait(5)
 
 
+@dataclass(frozen=True)
+class Served:
+    host: str
+    port: int
+    pid: int  # the `chirp serve` process; its web workers are its children
+
+
 @contextlib.asynccontextmanager
-async def serving(settings: Settings, processes: int = 1) -> AsyncIterator[Settings]:
-    """A real `chirp serve` on a free loopback port; yields the settings it runs with.
+async def serving(settings: Settings, processes: int = 1) -> AsyncIterator[Served]:
+    """A real `chirp serve` on a free loopback port.
     With CHIRP_BENCH_PROFILE=<dir>, py-spy records the server while it serves."""
     settings = settings.with_overrides(host="127.0.0.1", port=free_port(), web_processes=processes)
     server = ChirpProcess(settings, "serve")
@@ -195,13 +204,67 @@ async def serving(settings: Settings, processes: int = 1) -> AsyncIterator[Setti
                 stderr=subprocess.DEVNULL,
             )
         try:
-            yield settings
+            yield Served(settings.host, settings.port, server.pid)
         finally:
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
     finally:
         server.stop()
+
+
+# -- where the CPU goes ------------------------------------------------------------------
+
+
+class CpuMeter:
+    """The CPU time every process on the machine used over a measured step, grouped into
+    the parts of a request (the web workers, Redis, Postgres, this load generator, the
+    rest), per request: on a machine where all of them share the cores, this is what a
+    request costs and where, which the throughput alone does not tell."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._server_pid = server_pid
+        self._before = self._sample()
+
+    def _group(self, process: psutil.Process) -> str:
+        name = process.name()
+        if name.startswith("redis-server"):
+            return "redis"
+        if name.startswith("postgres"):
+            return "postgres"
+        if process.pid == os.getpid():
+            return "load generator"
+        with contextlib.suppress(psutil.Error):
+            if process.pid == self._server_pid or any(
+                p.pid == self._server_pid for p in process.parents()
+            ):
+                return "web"
+        return "other"
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        seen: dict[int, tuple[str, float]] = {}
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seen[process.pid] = (self._group(process), times.user + times.system)
+        return seen
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        """µs of CPU per request by part since the meter was made. Processes started
+        meanwhile are a part of their own: their start is most of what they used (a pool
+        opening Postgres connections as the load grows); those that ended are missed."""
+        used: dict[str, float] = {}
+        for pid, (group, seconds) in self._sample().items():
+            before = self._before.get(pid)
+            if before is None or before[0] != group:
+                group, spent = "started meanwhile", seconds
+            else:
+                spent = seconds - before[1]
+            used[group] = used.get(group, 0.0) + spent
+        total = sum(used.values())
+        per = {g: round(s / max(requests, 1) * 1e6, 1) for g, s in sorted(used.items())}
+        per["total"] = round(total / max(requests, 1) * 1e6, 1)
+        return per
 
 
 # -- the load generator ------------------------------------------------------------------

@@ -57,6 +57,8 @@ class Report:
     rows: list[Sequence[Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
+    # Lines printed under the table (and kept in the JSON): figures that are not rows.
+    notes: list[str] = field(default_factory=list)
     plot: Callable[[Any], None] | None = None
 
     def target(self, name: str, measured: float, target: float, kind: str, unit: str = "") -> None:
@@ -79,6 +81,8 @@ class Report:
         print(f"\n== {self.name} ({self.size}) ==")
         if self.rows:
             print(self.table())
+        for note in self.notes:
+            print("  " + note)
         for t in self.targets:
             print("  " + t.line())
         print(f"  load average: start {self.load_start}, end {load_end}")
@@ -92,6 +96,7 @@ class Report:
             "loadavg_end": load_end,
             "targets": [t.as_dict() for t in self.targets],
             "table": {"columns": self.columns, "rows": [list(r) for r in self.rows]},
+            "notes": self.notes,
             **self.data,
         }
         (RESULTS / f"{self.name}.json").write_text(json.dumps(document, indent=2) + "\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import get_request, log, run_load, serving
+from bench.common import CpuMeter, get_request, log, run_load, serving
 from bench.context import Context
 from bench.report import Report
 from launcher.process import free_port
@@ -26,6 +26,10 @@ async def run(ctx: Context) -> dict[str, Any]:
         return timeline[n % len(timeline)]
 
     curves: dict[str, list[dict[str, Any]]] = {"health": [], "timeline": [], "fallback": []}
+    # At the highest concurrency: µs of CPU per request by part (CpuMeter), and Redis's own
+    # time per script call (INFO commandstats, as differences: the Redis may be shared).
+    cpu: dict[str, dict[str, float]] = {}
+    script_us: float | None = None
     async with serving(ctx.settings, ctx.web_processes) as s:
         log(f"warming {len(tokens)} timelines (first read rebuilds each from Postgres)")
         warm = await run_load(
@@ -34,7 +38,12 @@ async def run(ctx: Context) -> dict[str, Any]:
         log(f"  {warm.requests} warmed, {warm.errors} errors")
         for level in LEVELS:
             for name, req in (("health", lambda n: health), ("timeline", next_timeline)):
+                meter, scripts = CpuMeter(s.pid), await script_time(ctx)
                 r = await run_load(s.host, s.port, req, concurrency=level, seconds=ctx.step)
+                if level == LEVELS[-1]:
+                    cpu[name] = meter.per_request(r.requests)
+                    if name == "timeline":
+                        script_us = scripts.per_call(await script_time(ctx))
                 curves[name].append(r.summary())
                 log(
                     f"  {name:<9} c={level:<3} {r.throughput:>8,.0f}/s"
@@ -49,7 +58,10 @@ async def run(ctx: Context) -> dict[str, Any]:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async with serving(ctx.settings.with_overrides(redis_url=dead_redis), ctx.web_processes) as s:
         for level in LEVELS:
+            meter = CpuMeter(s.pid)
             r = await run_load(s.host, s.port, next_timeline, concurrency=level, seconds=ctx.step)
+            if level == LEVELS[-1]:
+                cpu["fallback"] = meter.per_request(r.requests)
             curves["fallback"].append(r.summary())
             log(f"  fallback  c={level:<3} {r.throughput:>8,.0f}/s p99 {r.summary()['p99_ms']} ms")
 
@@ -63,6 +75,11 @@ async def run(ctx: Context) -> dict[str, Any]:
             )
     a = at80.summary()
     report.rows.append(["timeline@80%", 64, a["rps"], a["p50_ms"], a["p99_ms"], a["errors"]])
+    report.notes.append(f"CPU per request at {LEVELS[-1]} connections, µs, by process:")
+    for name, per in cpu.items():
+        report.notes.append(f"  {name:<9} " + ", ".join(f"{p} {v:,.1f}" for p, v in per.items()))
+    if script_us is not None:
+        report.notes.append(f"Redis's own time per timeline script call: {script_us:.1f} µs")
     report.target("timeline / trivial endpoint throughput", peak / health_peak, 0.5, "min")
     report.target("timeline p99 at 80% of peak", a["p99_ms"], 50, "max", " ms")
     report.target("Redis path / Postgres fallback throughput", peak / fallback_peak, 5, "min", "x")
@@ -72,6 +89,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         "curves": curves,
         "at_80_percent": a,
         "peaks": {"health": health_peak, "timeline": peak, "fallback": fallback_peak},
+        "cpu_us_per_request": cpu,
+        "redis_us_per_read_script": script_us,
     }
 
     def plot(figure: Any) -> None:
@@ -90,3 +109,20 @@ async def run(ctx: Context) -> dict[str, Any]:
 
     report.plot = plot
     return report.finish()
+
+
+class ScriptTime:
+    """Redis's own running total for EVALSHA (the read path's one call per read)."""
+
+    def __init__(self, calls: int, usec: int) -> None:
+        self.calls = calls
+        self.usec = usec
+
+    def per_call(self, later: ScriptTime) -> float | None:
+        calls = later.calls - self.calls
+        return (later.usec - self.usec) / calls if calls > 0 else None
+
+
+async def script_time(ctx: Context) -> ScriptTime:
+    stats = (await ctx.services.redis.info("commandstats")).get("cmdstat_evalsha", {})
+    return ScriptTime(int(stats.get("calls", 0)), int(stats.get("usec", 0)))

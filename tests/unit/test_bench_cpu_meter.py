@@ -1,0 +1,68 @@
+"""bench/'s CpuMeter: the CPU a step used, per request, counted in the part it belongs to."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.common import CpuMeter
+
+# Says it is ready, waits for the go file, burns 0.25 s of CPU, says it is done, then idles.
+WORKER = """
+import pathlib, sys, time
+here = pathlib.Path(sys.argv[1])
+(here / f"ready-{sys.argv[2]}").touch()
+while not (here / "go").exists():
+    time.sleep(0.01)
+end = time.process_time() + 0.25
+while time.process_time() < end:
+    pass
+(here / f"done-{sys.argv[2]}").touch()
+time.sleep(60)
+"""
+# The server: starts a worker of its own (as `chirp serve` starts its web workers), then
+# works like one.
+SERVER = f"""
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", {WORKER!r}, sys.argv[1], "child"])
+exec({WORKER!r})
+"""
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never came"
+        time.sleep(0.01)
+
+
+def test_the_servers_processes_count_as_web_and_the_meters_own_as_load_generator(
+    tmp_path: Path,
+) -> None:
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path), "server"])
+    try:
+        wait_for(tmp_path / "ready-server")
+        wait_for(tmp_path / "ready-child")
+        meter = CpuMeter(server.pid)
+        (tmp_path / "go").touch()
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass  # the load generator's own work
+        wait_for(tmp_path / "done-server")
+        wait_for(tmp_path / "done-child")
+        per = meter.per_request(1000)
+    finally:
+        for process in psutil.Process(server.pid).children(recursive=True):
+            process.kill()
+        server.kill()
+        server.wait()
+
+    # µs per request: 2 x 0.25 s over 1,000 requests, and 0.2 s (plus the meter's own
+    # sampling) over 1,000.
+    assert 480 <= per["web"] <= 650
+    assert 190 <= per["load generator"] <= 450
+    assert per["total"] >= per["web"] + per["load generator"]
