@@ -13,7 +13,7 @@ import logging
 from datetime import timedelta
 
 from domain.events import Event, encode_event
-from realtime.jetstream import NATS_ERRORS, JetStreamPublisher, NatsLink
+from realtime.jetstream import JetStreamPublisher, NatsLink
 from storage.postgres import Database
 from storage.repositories import OutboxRepository
 
@@ -55,14 +55,14 @@ class OutboxRelay:
                 batch.append(self._queue.get_nowait())
             if not self._link.connected:
                 continue  # left for the sweep
-            results = await asyncio.gather(
-                *(self._publisher.publish(e.event_id, e.kind, encode_event(e)) for e in batch),
-                return_exceptions=True,
-            )
+            try:
+                results = await self._publisher.publish_many(
+                    [(e.event_id, e.kind, encode_event(e)) for e in batch]
+                )
+            except Exception:
+                log.exception("publish failed")  # left for the sweep
+                continue
             done = [e.event_id for e, r in zip(batch, results, strict=True) if r is None]
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, NATS_ERRORS):
-                    log.error("publish failed", exc_info=result)
             if done:
                 try:
                     await self._outbox.mark_published(done)
@@ -80,10 +80,7 @@ class OutboxRelay:
             rows = await self._outbox.claim_unpublished(connection, self._sweep_age, limit)
             if not rows:
                 return 0
-            results = await asyncio.gather(
-                *(self._publisher.publish(i, kind, payload) for i, kind, payload in rows),
-                return_exceptions=True,
-            )
+            results = await self._publisher.publish_many(rows)
             done = [row[0] for row, r in zip(rows, results, strict=True) if r is None]
             if done:
                 await self._outbox.mark_published(done, connection)
