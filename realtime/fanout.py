@@ -24,11 +24,12 @@ that order is safe, although it is not stream order:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from domain.events import (
@@ -61,6 +62,20 @@ log = logging.getLogger("chirp.fanout")
 CONSUMER = "fanout"
 
 
+@dataclass
+class _Part:
+    """The tweets of one part of a batch, sorted by how they are fanned out."""
+
+    followers: dict[int, list[int]]  # author -> active followers
+    pushed: dict[int, list[int]] = field(default_factory=dict)  # author -> tweets
+    merged: dict[int, list[int]] = field(default_factory=dict)  # celebrities': read time
+    alone: list[PostedTweet] = field(default_factory=list)  # fanned out on their own
+
+    @property
+    def own(self) -> dict[int, list[int]]:
+        return {**self.pushed, **self.merged}
+
+
 class Fanout:
     def __init__(
         self,
@@ -74,6 +89,8 @@ class Fanout:
         *,
         active_days: int,
         chunk_size: int = 1000,
+        part_size: int = 128,
+        parts_at_once: int = 3,
         mode_change_backfill: int = 50,
         fanout_log: FanoutLog | None = None,
     ) -> None:
@@ -86,6 +103,8 @@ class Fanout:
         self._live = live
         self._active = timedelta(days=active_days)
         self._chunk_size = chunk_size
+        self._part_size = part_size
+        self._parts_at_once = parts_at_once
         self._mode_change_backfill = mode_change_backfill
         self._fanout_log = fanout_log
 
@@ -120,65 +139,111 @@ class Fanout:
     def _active_since(self) -> datetime:
         return datetime.now(UTC) - self._active
 
+    async def warm_up(self) -> None:
+        """Runs the follower query on as many pool connections as a batch's parts use at
+        once, before the first batch: a new Postgres backend loads its catalog caches and
+        plans the query on first use, which made the first part of a new worker's first
+        batch take about 25 ms instead of 3 (bench/fanout.py)."""
+        since = self._active_since()
+        await asyncio.gather(
+            *(
+                self._follows.audiences([], since, up_to=self._chunk_size)
+                for _ in range(self._parts_at_once)
+            )
+        )
+
     async def fan_out_tweet(self, event: TweetPosted) -> None:
         await self.fan_out_tweets([event])
 
     async def fan_out_tweets(self, events: Sequence[TweetPosted]) -> None:
-        """The TweetPosted events of one fetched batch, fanned out together: one query for
-        the live tweets, their authors and those authors' active followers, one round trip
-        of pushes, one presence lookup, one round trip of records. One event at a time, each
-        tweet paid those round trips whatever its audience: bench/fanout.py's steady posting
-        went from about 850 to about 4,800 tweets/s. An author with more followers than a
-        chunk is fanned out on their own, chunk by chunk. Raises when anything fails: the
-        consumer then handles the events one at a time."""
-        started = time.perf_counter()
+        """The TweetPosted events of one fetched batch, fanned out together, in parts of
+        `part_size` tweets: per part, one query for the live tweets, their authors and
+        those authors' active followers, one round trip of pushes, one presence lookup, one
+        round trip of records. One event at a time, each tweet paid those round trips
+        whatever its audience: bench/fanout.py's steady posting went from about 850 to
+        about 4,800 tweets/s. A few parts are in flight at once, so that Redis pushes one
+        while the worker and Postgres prepare the next (as one part, the batch left Redis
+        idle during its query and the worker's own work). The parts are independent: every
+        decision is a tweet's own, read from Postgres. An author with more followers than a
+        chunk is fanned out on their own, chunk by chunk, after the parts. Raises when
+        anything fails, once every part has finished: the consumer then handles the events
+        one at a time."""
         by_tweet = {e.tweet_id: e for e in events}
-        found, followers = await self._follows.audiences(
-            list(by_tweet), self._active_since(), up_to=self._chunk_size
-        )
-        pushed: dict[int, list[int]] = {}  # author -> tweets, for followers' timelines
-        merged: dict[int, list[int]] = {}  # celebrities' tweets: merged at read time
+        ids = list(by_tweet)
+        parts = [ids[i : i + self._part_size] for i in range(0, len(ids), self._part_size)]
+        active_since = self._active_since()
+        at_once = asyncio.Semaphore(self._parts_at_once)
+
+        async def fan_out_part(part: list[int]) -> list[PostedTweet]:
+            async with at_once:
+                started = time.perf_counter()
+                found, followers = await self._follows.audiences(
+                    part, active_since, up_to=self._chunk_size
+                )
+                sorted_part = self._sort_part(found, followers)
+                await self._push_part(sorted_part)
+                await self._tell_part(sorted_part, by_tweet, started)
+                return sorted_part.alone
+
+        # Every part finishes (or fails) before the batch does; then the first failure,
+        # if any, is raised.
+        results = await asyncio.gather(*(fan_out_part(p) for p in parts), return_exceptions=True)
         alone: list[PostedTweet] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            alone += result
+        for tweet in alone:
+            await self._fan_out_alone(tweet, by_tweet[tweet.tweet_id].request_id)
+
+    def _sort_part(self, found: Sequence[PostedTweet], followers: dict[int, list[int]]) -> _Part:
+        part = _Part(followers)
         for tweet in sorted(found):
             if tweet.author_is_celebrity:
-                merged.setdefault(tweet.author_id, []).append(tweet.tweet_id)
+                part.merged.setdefault(tweet.author_id, []).append(tweet.tweet_id)
             elif tweet.author_followers > self._chunk_size:
-                alone.append(tweet)
+                part.alone.append(tweet)
             else:
-                pushed.setdefault(tweet.author_id, []).append(tweet.tweet_id)
+                part.pushed.setdefault(tweet.author_id, []).append(tweet.tweet_id)
+        return part
+
+    async def _push_part(self, part: _Part) -> None:
+        followers = part.followers
         # The author's own timeline too: read-your-writes was best effort in the request.
-        own = {**pushed, **merged}
         await self._store.push_many(
-            timelines=[([a, *followers[a]], ids) for a, ids in pushed.items()]
-            + [([a], ids) for a, ids in merged.items()],
-            authors=[([a], ids) for a, ids in own.items()],
+            timelines=[([a, *followers[a]], ids) for a, ids in part.pushed.items()]
+            + [([a], ids) for a, ids in part.merged.items()],
+            authors=[([a], ids) for a, ids in part.own.items()],
             keys_per_call=self._chunk_size,
         )
-        # Only after the timelines hold them: a socket that reconnects and reads its
-        # timeline must find what it was not sent live.
+
+    async def _tell_part(
+        self, part: _Part, by_tweet: dict[int, TweetPosted], started: float
+    ) -> None:
+        """Live push and records of a part, once its timelines hold its tweets: a socket
+        that reconnects and reads its timeline must find what it was not sent live."""
+        followers = part.followers
         live: dict[int, list[LiveEvent]] = {}
-        for author_id, ids in own.items():
+        for author_id, ids in part.own.items():
             tweets = [LiveEvent(event="tweet", id=t, author_id=author_id) for t in ids]
             for user_id in (author_id, *followers.get(author_id, ())):
                 live.setdefault(user_id, []).extend(tweets)
         await self._live.to_online(live)
-        for author_id, ids in merged.items():
+        for author_id, ids in part.merged.items():
             for tweet_id in ids:
                 await self._live.to_author_followers(
                     LiveEvent(event="tweet", id=tweet_id, author_id=author_id)
                 )
         entries = [
             self._entry(t, "push", len(followers[a]), started, by_tweet[t].request_id)
-            for a, ids in pushed.items()
+            for a, ids in part.pushed.items()
             for t in ids
         ] + [
             self._entry(t, "celebrity", 0, started, by_tweet[t].request_id)
-            for ids in merged.values()
+            for ids in part.merged.values()
             for t in ids
         ]
         await self._record(entries)
-        for tweet in alone:
-            await self._fan_out_alone(tweet, by_tweet[tweet.tweet_id].request_id)
 
     async def _fan_out_alone(self, tweet: PostedTweet, request_id: str | None) -> None:
         """A tweet of an author with many followers: chunk by chunk, so that their list
@@ -300,12 +365,19 @@ class Fanout:
 @dataclass(frozen=True)
 class FanoutTuning:
     # Events fetched at once; their TweetPosted are fanned out together. Larger batches
-    # share the round trips among more tweets but hold back the first one's live push
-    # until the whole batch is written (about 30 ms for 256 in bench/fanout.py).
+    # share the round trips among more tweets, but the batch's other events and its acks
+    # wait until all its parts are written (about 30 ms for 256 in bench/fanout.py).
     batch: int = 256
     # Followers per query fetch and per Redis script call; an author with more followers
     # than this is fanned out on their own, chunk by chunk.
     chunk_size: int = 1000
+    # Tweets of a batch per follower query, push round trip and live push; `parts_at_once`
+    # of them in flight, so that one part's query and Python work overlap another's push
+    # (10,000 tweets of steady posting on bench/fanout.py's smoke graph, on 2 cores: about
+    # 145k inserts/s with the batch as one part, about 165k with these; parts of 64 did
+    # no better).
+    part_size: int = 128
+    parts_at_once: int = 3
     # Deliveries of a failing event before it is parked on the dead-letter stream.
     max_deliver: int = 10
     # First redelivery delay of a failing event, doubling each time.

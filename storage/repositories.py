@@ -622,28 +622,31 @@ class FollowRepository:
             " SELECT t.id, t.author_id, a.is_celebrity, a.followers_count"
             " FROM tweets t JOIN users a ON a.id = t.author_id"
             " WHERE t.id = ANY($1::bigint[]) AND t.deleted_at IS NULL)"
-            " SELECT id, author_id, is_celebrity, followers_count, NULL::bigint FROM posted"
+            " SELECT id, author_id, is_celebrity, followers_count, NULL::bigint[] FROM posted"
             " UNION ALL"
-            " SELECT NULL, f.followee_id, NULL, NULL, f.follower_id"
+            # One row per author, the followers in an array: a row per follower cost the
+            # fanout worker more to decode and walk than the rest of its query.
+            " SELECT NULL, f.followee_id, NULL, NULL, array_agg(f.follower_id)"
             " FROM follows f JOIN users u ON u.id = f.follower_id"
             # An array rather than a join, so that the planner looks the authors up in the
             # follows index instead of hashing the whole table.
             " WHERE f.followee_id = ANY(ARRAY(SELECT DISTINCT author_id FROM posted"
             "  WHERE NOT is_celebrity AND followers_count <= $3))"
-            " AND u.last_seen_at >= $2",
+            " AND u.last_seen_at >= $2"
+            " GROUP BY f.followee_id",
             list(tweet_ids),
             active_since,
             up_to,
         )
         tweets: list[PostedTweet] = []
         followers: dict[int, list[int]] = {}
-        for tweet_id, author_id, celebrity, count, follower_id in rows:
-            if follower_id is None:
+        for tweet_id, author_id, celebrity, count, follower_ids in rows:
+            if tweet_id is not None:
                 tweets.append(PostedTweet(tweet_id, author_id, celebrity, count))
                 if not celebrity and count <= up_to:
                     followers.setdefault(author_id, [])
             else:
-                followers.setdefault(author_id, []).append(follower_id)
+                followers[author_id] = follower_ids
         return tweets, followers
 
 

@@ -39,6 +39,8 @@ def fanout_consumer(
         LivePublisher(services.link, services.names, presence),
         active_days=services.settings.active_days,
         chunk_size=tuning.chunk_size,
+        part_size=tuning.part_size,
+        parts_at_once=tuning.parts_at_once,
         fanout_log=FanoutLog(services.redis, services.keys, writes=services.redis_reads),
     )
     return fanout_event_consumer(services.link, services.names, fanout, tuning), fanout
@@ -60,7 +62,11 @@ async def run_worker(settings: Settings, name: str) -> None:
             loop.add_signal_handler(sig, stop.set)
     async with provide_services(settings, process_name=f"chirp-{name}") as services:
         if name == "fanout":
-            consumer, _ = fanout_consumer(services)
+            consumer, fanout = fanout_consumer(services)
+            try:
+                await fanout.warm_up()
+            except TRANSIENT_ERRORS as error:
+                log.warning("fanout warm-up failed", extra={"error": repr(error)})
         elif name == "search-indexer":
             consumer, indexer = search_indexer(services)
             try:

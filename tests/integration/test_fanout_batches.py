@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Sequence
 
@@ -57,7 +58,11 @@ async def own_stream(settings: Settings) -> AsyncIterator[Services]:
 
 
 async def consume(
-    services: Services, messages: Sequence[Event | bytes], *, settled: int
+    services: Services,
+    messages: Sequence[Event | bytes],
+    *,
+    settled: int,
+    tuning: FanoutTuning = FAST,
 ) -> EventConsumer:
     """Publishes the messages (bytes: as they are, on the posted subject), then runs the
     fanout worker's consumer until `settled` of them are handled or dead-lettered and
@@ -68,7 +73,7 @@ async def consume(
         else:
             subject, payload = services.names.subject(TweetPosted.kind), message
         await services.link.js.publish(subject, payload, stream=services.names.stream)
-    consumer, _ = fanout_consumer(services, FAST)
+    consumer, _ = fanout_consumer(services, tuning)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
 
@@ -269,3 +274,80 @@ async def test_a_batch_delivered_again_changes_nothing(
     assert (first.bulks, again.bulks) == (1, 1)
     assert await holds(redis_client, settings, reader) == members_of(*tweets)
     assert await reader.timeline_ids() == [t["id"] for t in reversed(tweets)]
+
+
+async def test_a_batch_of_several_parts_puts_each_tweet_in_exactly_its_followers_timelines(
+    api: Api, settings: Settings, pg: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    alice, bob, carol, both, bobs = await api.sign_up_many(5)
+    for follower, authors in ((both, [alice, bob]), (bobs, [bob]), (carol, [alice])):
+        for author in authors:
+            await follower.follow(author)
+    await read_timelines(alice, bob, carol, both, bobs)
+    tweets = [
+        await alice.post("a1"),
+        await bob.post("b1"),
+        await alice.post("a2"),
+        await carol.post("c1"),
+        await bob.post("b2"),
+    ]
+    events = [await posted(pg, t) for t in tweets]
+    a1, b1, a2, c1, b2 = tweets
+    # Parts of two tweets, two of them in flight: an author's tweets fall in several parts.
+    tuning = dataclasses.replace(FAST, part_size=2, parts_at_once=2)
+
+    async with own_stream(settings) as services:
+        consumer = await consume(services, events, settled=5, tuning=tuning)
+        records = [await FanoutLog(services.redis, services.keys).get(int(t["id"])) for t in tweets]
+
+    assert (consumer.bulks, consumer.bulks_failed, consumer.handled) == (1, 0, 5)
+    expected = {
+        alice: members_of(a1, a2),
+        bob: members_of(b1, b2),
+        carol: members_of(a1, a2, c1),
+        both: members_of(a1, a2, b1, b2),
+        bobs: members_of(b1, b2),
+    }
+    for account, members in expected.items():
+        assert await holds(redis_client, settings, account) == members, account.username
+    assert [r.followers if r is not None else None for r in records] == [2, 2, 2, 0, 2]
+    assert await both.timeline_ids() == [b2["id"], a2["id"], b1["id"], a1["id"]]
+
+
+async def test_a_poison_event_in_one_part_fails_its_batch_after_the_other_parts_are_written(
+    api: Api, settings: Settings, pg: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    alice, bob, reader = await api.sign_up_many(3)
+    for author in (alice, bob):
+        await reader.follow(author)
+    await read_timelines(alice, bob, reader)
+    a1 = await alice.post("a1")
+    b1 = await bob.post("b1")
+    poison = TweetPosted(event_id=7, tweet_id=2**63, author_id=alice.int_id)
+    messages: list[Event | bytes] = [await posted(pg, a1), poison, await posted(pg, b1)]
+    tuning = dataclasses.replace(FAST, part_size=1, parts_at_once=2)
+
+    async with own_stream(settings) as services:
+        consumer = await consume(services, messages, settled=3, tuning=tuning)
+
+    # The batch fails as a whole, then its events go one at a time: the poison alone is
+    # dead-lettered, the others are written (twice over, which changes nothing).
+    assert consumer.bulks_failed == 1
+    assert (consumer.handled, consumer.dead_lettered) == (2, 1)
+    assert await holds(redis_client, settings, reader) == members_of(a1, b1)
+
+
+async def test_warming_the_fanout_up_before_its_first_batch_writes_nothing(
+    api: Api, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    alice, bob = await api.sign_up_many(2)
+    await bob.follow(alice)
+    await read_timelines(alice, bob)
+    await alice.post("before the worker started")
+    before = await holds(redis_client, settings, bob)
+
+    async with own_stream(settings) as services:
+        _, fanout = fanout_consumer(services, FAST)
+        await fanout.warm_up()
+
+    assert await holds(redis_client, settings, bob) == before
