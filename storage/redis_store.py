@@ -543,6 +543,14 @@ class RedisTimelineStore:
                 floor=tweet_ids[-1] if capped else None,
             )
 
+    async def timeline_ids(self, user_id: int) -> list[int]:
+        """Every tweet id the home timeline holds, complete or not (none when it is absent)."""
+        members: list[bytes] = await self._reads.execute(
+            "ZRANGE", self._keys.timeline(user_id), 0, -1
+        )
+        markers = {SENTINEL.encode(), TRIMMED.encode()}
+        return [int(m) for m in members if m not in markers]
+
     async def unpush_from_timelines(
         self, user_ids: Sequence[int], tweet_ids: Sequence[int]
     ) -> None:

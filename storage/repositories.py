@@ -354,6 +354,15 @@ class TweetRepository:
         )
         return [r["id"] for r in rows]
 
+    async def by_author_among(self, author_id: int, tweet_ids: Sequence[int]) -> list[int]:
+        """Which of the tweets the author wrote, deleted or not."""
+        rows = await self._db.pool.fetch(
+            "SELECT id FROM tweets WHERE id = ANY($1::bigint[]) AND author_id = $2",
+            list(tweet_ids),
+            author_id,
+        )
+        return [r["id"] for r in rows]
+
     async def replies(self, tweet_id: int, *, after: int | None, limit: int) -> list[int]:
         rows = await self._db.pool.fetch(
             "SELECT id FROM tweets WHERE reply_to = $1 AND deleted_at IS NULL AND id > $2"

@@ -259,4 +259,11 @@ class HomeTimeline:
         recent = await self._tweets.ids_by_authors(
             [author_id], before=None, after=None, limit=self.max_entries
         )
-        await self._store.unpush_from_timelines([user_id], recent)
+        # And whatever else of theirs the timeline holds, deleted tweets included. A tweet
+        # deleted before this ran is not among their live ones, and the deletion's own unpush
+        # reaches only the followers left when it runs: if it runs after the unfollow
+        # committed (its event republished late by the relay after a NATS outage, or retried
+        # through a Redis one), neither removes the tweet and the timeline keeps it for good.
+        held = await self._store.timeline_ids(user_id)
+        theirs = await self._tweets.by_author_among(author_id, held) if held else []
+        await self._store.unpush_from_timelines([user_id], sorted({*recent, *theirs}))

@@ -31,6 +31,7 @@ from tests.support import (
     member,
     one_event,
     running_app,
+    timeline_key,
     timeline_members,
     zset_members,
 )
@@ -318,6 +319,45 @@ async def test_a_redelivered_event_changes_nothing(
         assert await snapshot(redis_client, settings, accounts) == before
         assert await bob.timeline_ids() == []
         assert await alice.timeline_ids() == [t2["id"]]
+
+
+async def test_a_tweet_deleted_just_before_its_reader_unfollows_leaves_no_timeline_holding_it(
+    api: Api, settings: Settings, redis_client: aioredis.Redis, pg: asyncpg.Connection
+) -> None:
+    """The fault suite's NATS restart: the delete's event reached the worker only after the
+    unfollow had committed, so the deletion no longer saw bob among alice's followers, and
+    the unfollow no longer saw the tweet among alice's live ones."""
+    alice = await api.sign_up()
+    (bob,) = await followers_with_timelines(api, alice, 1)
+    tweet = await alice.post("deleted while bob leaves")
+    async with idle_fanout(settings) as fanout:
+        await handle_posted(fanout, pg, tweet)
+        assert member(tweet["id"]) in await timeline_members(redis_client, settings, bob.id)
+        await alice.delete(tweet["id"])
+        await bob.unfollow(alice)
+        await fanout.handle(
+            await one_event(pg, Unfollowed, follower_id=bob.int_id, followee_id=alice.int_id)
+        )
+        await fanout.handle(await one_event(pg, TweetDeleted, tweet_id=int(tweet["id"])))
+    assert member(tweet["id"]) not in await timeline_members(redis_client, settings, bob.id)
+
+
+async def test_the_worker_unmerges_a_deleted_tweet_the_requests_best_effort_left_behind(
+    api: Api, settings: Settings, redis_client: aioredis.Redis, pg: asyncpg.Connection
+) -> None:
+    alice = await api.sign_up()
+    (bob,) = await followers_with_timelines(api, alice, 1)
+    tweet = await alice.post("deleted while bob leaves, Redis away")
+    await alice.delete(tweet["id"])
+    await bob.unfollow(alice)
+    # What the timeline still holds when the request's unmerge failed (Redis unreachable).
+    await redis_client.zadd(timeline_key(settings, bob.id), {member(tweet["id"]): 0})
+    async with idle_fanout(settings) as fanout:
+        await fanout.handle(await one_event(pg, TweetDeleted, tweet_id=int(tweet["id"])))
+        await fanout.handle(
+            await one_event(pg, Unfollowed, follower_id=bob.int_id, followee_id=alice.int_id)
+        )
+    assert member(tweet["id"]) not in await timeline_members(redis_client, settings, bob.id)
 
 
 async def test_a_tweet_deleted_before_its_fanout_is_never_pushed(
