@@ -297,6 +297,26 @@ async def running_fanout(
                     await task
 
 
+@contextlib.asynccontextmanager
+async def services_with_own_stream(
+    settings: Settings, process_name: str
+) -> AsyncIterator[Services]:
+    """The session's database and Redis, with a JetStream stream of the caller's own (removed
+    afterwards, with its dead-letter stream)."""
+    tag = secrets.token_hex(3)
+    own = settings.with_overrides(
+        stream=f"{settings.stream}_O{tag.upper()}",
+        subject_prefix=f"{settings.subject_prefix}_o{tag}",
+    )
+    async with provide_services(own, process_name=process_name, wait_for_nats=True) as s:
+        try:
+            yield s
+        finally:
+            for stream in (s.names.stream, s.names.dead_letter_stream):
+                with contextlib.suppress(Exception):
+                    await s.link.js.delete_stream(stream)
+
+
 async def consumer_idle(services: Services, durable: str = "fanout") -> bool:
     """Nothing in the stream is waiting for the consumer, and nothing delivered is unacked."""
     try:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -29,10 +28,11 @@ from tests.support import (
     eventually,
     member,
     one_event,
+    services_with_own_stream,
     timeline_members,
     zset_members,
 )
-from web.container import Services, provide_services
+from web.container import Services
 from web.settings import Settings
 from web.workers import fanout_consumer
 
@@ -40,21 +40,8 @@ from web.workers import fanout_consumer
 FAST = FanoutTuning(max_deliver=2, redelivery_delay=0.05)
 
 
-@contextlib.asynccontextmanager
-async def own_stream(settings: Settings) -> AsyncIterator[Services]:
-    """The session's database and Redis, with a JetStream stream of the test's own."""
-    tag = secrets.token_hex(3)
-    own = settings.with_overrides(
-        stream=f"{settings.stream}_B{tag.upper()}",
-        subject_prefix=f"{settings.subject_prefix}_b{tag}",
-    )
-    async with provide_services(own, process_name="test-fanout-batches", wait_for_nats=True) as s:
-        try:
-            yield s
-        finally:
-            for stream in (s.names.stream, s.names.dead_letter_stream):
-                with contextlib.suppress(Exception):
-                    await s.link.js.delete_stream(stream)
+def own_stream(settings: Settings) -> contextlib.AbstractAsyncContextManager[Services]:
+    return services_with_own_stream(settings, "test-fanout-batches")
 
 
 async def consume(
@@ -185,23 +172,26 @@ async def test_a_post_and_its_deletion_in_one_batch_leave_nothing(
     assert await bob.timeline_ids() == [kept["id"]]
 
 
-async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_handled(
-    api: Api, settings: Settings, pg: asyncpg.Connection, redis_client: aioredis.Redis
-) -> None:
+async def a_reader_two_tweets_and_a_poison(
+    api: Api, pg: asyncpg.Connection
+) -> tuple[Account, list[dict[str, str]], list[TweetPosted]]:
+    """A reader following two authors and a tweet by each; their TweetPosted events with,
+    between them, one that decodes but fails every time: no query can take its id (beyond
+    Postgres's bigint)."""
     alice, bob, reader = await api.sign_up_many(3)
     for author in (alice, bob):
         await reader.follow(author)
     await read_timelines(alice, bob, reader)
-    a1 = await alice.post("a1")
-    b1 = await bob.post("b1")
-    # Decodes, but no query can take its id (beyond Postgres's bigint): fails every time.
+    tweets = [await alice.post("a1"), await bob.post("b1")]
     poison = TweetPosted(event_id=7, tweet_id=2**63, author_id=alice.int_id)
-    messages: list[Event | bytes] = [
-        await posted(pg, a1),
-        poison,
-        b"not an event at all",
-        await posted(pg, b1),
-    ]
+    return reader, tweets, [await posted(pg, tweets[0]), poison, await posted(pg, tweets[1])]
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_handled(
+    api: Api, settings: Settings, pg: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    reader, tweets, (a1, poison, b1) = await a_reader_two_tweets_and_a_poison(api, pg)
+    messages: list[Event | bytes] = [a1, poison, b"not an event at all", b1]
 
     async with own_stream(settings) as services:
         consumer = await consume(services, messages, settled=4)
@@ -216,7 +206,7 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_h
     assert consumer.failed == FAST.max_deliver  # the poison, once per delivery
     assert parked.state.messages == 2
     assert decode_event(last.data or b"") == poison
-    assert await holds(redis_client, settings, reader) == members_of(a1, b1)
+    assert await holds(redis_client, settings, reader) == members_of(*tweets)
 
 
 async def test_a_celebritys_tweet_in_a_batch_is_not_pushed(
@@ -317,14 +307,8 @@ async def test_a_batch_of_several_parts_puts_each_tweet_in_exactly_its_followers
 async def test_a_poison_event_in_one_part_fails_its_batch_after_the_other_parts_are_written(
     api: Api, settings: Settings, pg: asyncpg.Connection, redis_client: aioredis.Redis
 ) -> None:
-    alice, bob, reader = await api.sign_up_many(3)
-    for author in (alice, bob):
-        await reader.follow(author)
-    await read_timelines(alice, bob, reader)
-    a1 = await alice.post("a1")
-    b1 = await bob.post("b1")
-    poison = TweetPosted(event_id=7, tweet_id=2**63, author_id=alice.int_id)
-    messages: list[Event | bytes] = [await posted(pg, a1), poison, await posted(pg, b1)]
+    reader, tweets, events = await a_reader_two_tweets_and_a_poison(api, pg)
+    messages: list[Event | bytes] = [*events]
     tuning = dataclasses.replace(FAST, part_size=1, parts_at_once=2)
 
     async with own_stream(settings) as services:
@@ -334,7 +318,7 @@ async def test_a_poison_event_in_one_part_fails_its_batch_after_the_other_parts_
     # dead-lettered, the others are written (twice over, which changes nothing).
     assert consumer.bulks_failed == 1
     assert (consumer.handled, consumer.dead_lettered) == (2, 1)
-    assert await holds(redis_client, settings, reader) == members_of(a1, b1)
+    assert await holds(redis_client, settings, reader) == members_of(*tweets)
 
 
 async def test_warming_the_fanout_up_before_its_first_batch_writes_nothing(

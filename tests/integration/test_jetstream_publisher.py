@@ -6,32 +6,19 @@ Each test publishes to a stream of its own."""
 from __future__ import annotations
 
 import contextlib
-import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.js.errors import NoStreamResponseError
 
 from domain.events import TweetPosted, decode_event, encode_event
 from realtime.jetstream import JetStreamPublisher, NatsLink, StreamNames
-from web.container import Services, provide_services
+from tests.support import services_with_own_stream
+from web.container import Services
 from web.settings import Settings
 
 
-@contextlib.asynccontextmanager
-async def own_stream(settings: Settings) -> AsyncIterator[Services]:
-    tag = secrets.token_hex(3)
-    own = settings.with_overrides(
-        stream=f"{settings.stream}_P{tag.upper()}",
-        subject_prefix=f"{settings.subject_prefix}_p{tag}",
-    )
-    async with provide_services(own, process_name="test-publisher", wait_for_nats=True) as s:
-        try:
-            yield s
-        finally:
-            for stream in (s.names.stream, s.names.dead_letter_stream):
-                with contextlib.suppress(Exception):
-                    await s.link.js.delete_stream(stream)
+def own_stream(settings: Settings) -> contextlib.AbstractAsyncContextManager[Services]:
+    return services_with_own_stream(settings, "test-publisher")
 
 
 def posted(event_id: int) -> tuple[int, str, bytes]:
