@@ -158,7 +158,7 @@ async def generate(
 
 
 async def publish_all(services: Services, ids: list[int], authors: dict[int, int]) -> float:
-    """One TweetPosted per tweet, as the relay would publish them; returns events/s."""
+    """One TweetPosted per tweet, published as the relay does (publish_many); returns events/s."""
     started = time.perf_counter()
     window = 2_000
     next_event = ids[-1] + 1_000_000
@@ -168,9 +168,12 @@ async def publish_all(services: Services, ids: list[int], authors: dict[int, int
             TweetPosted(event_id=next_event + offset + i, tweet_id=t, author_id=authors[t])
             for i, t in enumerate(batch)
         ]
-        await asyncio.gather(
-            *(services.publisher.publish(e.event_id, e.kind, encode_event(e)) for e in events)
+        failed = await services.publisher.publish_many(
+            [(e.event_id, e.kind, encode_event(e)) for e in events]
         )
+        for error in failed:
+            if error is not None:
+                raise error
     return len(ids) / (time.perf_counter() - started)
 
 
