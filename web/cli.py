@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -69,18 +70,21 @@ def serve(workers: int | None) -> None:
     settings = _settings()
     _metrics_dir(settings)
     configure_logging(settings)
-    uvicorn.run(
-        "web.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers or settings.web_processes,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=logging_config(settings),
-    )
+    options: dict[str, Any] = {
+        "app": "web.app:create_app",
+        "factory": True,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": logging_config(settings),
+    }
+    processes = workers or settings.web_processes
+    if processes > 1 and settings.port != 0:
+        from web.server import serve_processes
+
+        sys.exit(serve_processes(options, settings.host, settings.port, processes))
+    uvicorn.run(**options, host=settings.host, port=settings.port)
 
 
 @main.group()
