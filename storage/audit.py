@@ -29,7 +29,7 @@ from domain.ids import smallest_id_at
 from domain.rules import is_celebrity_after
 from storage.hydrate import TweetReader
 from storage.postgres import Database
-from storage.redis_store import SENTINEL, TRIMMED, RedisKeys, RedisTimelineStore
+from storage.redis_store import RedisKeys, RedisTimelineStore
 from storage.repositories import TweetRepository, insert_event
 from storage.request_id import current_request_id
 from storage.search_index import MissingCollection
@@ -254,15 +254,12 @@ class TimelineAuditor:
         key. Redis is read first, so every decision is taken on Postgres as it is afterwards:
         a write in between can only look like drift within the grace period."""
         key = self._keys.timeline(user_id)
-        # The client is created without decode_responses, so members are bytes.
-        raw: list[bytes] = await self._redis.zrange(key, 0, -1)  # type: ignore[assignment]
-        if not raw:
+        held = await self._store.timeline_held(user_id)
+        if held is None:
             return None
-        sentinel, trimmed = SENTINEL.encode(), TRIMMED.encode()
-        complete = sentinel in raw
-        members = [int(m) for m in raw if m not in (sentinel, trimmed)]
+        complete, members = held.complete, held.ids
         # Marked: older entries were dropped, and below its oldest one Postgres serves.
-        full = trimmed in raw
+        full = held.truncated
         now = datetime.now(UTC)
         last_seen = await self._db.pool.fetchval(_USER_STATE, user_id)
         if last_seen is None:

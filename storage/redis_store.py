@@ -306,6 +306,16 @@ class TimelinePage(msgspec.Struct, frozen=True):
     truncated: bool
 
 
+class TimelineHeld(msgspec.Struct, frozen=True):
+    """A whole home timeline set, as the audit and an unfollow's cleanup read it."""
+
+    ids: list[int]  # oldest first
+    # It has its sentinel (a set without one is read as missing and rebuilt).
+    complete: bool
+    # It was trimmed to its cap: older entries exist only in Postgres.
+    truncated: bool
+
+
 class HomePages(msgspec.Struct, frozen=True):
     # (follow list version, celebrity set version), set by the read where missing
     versions: tuple[bytes | None, bytes | None]
@@ -543,13 +553,19 @@ class RedisTimelineStore:
                 floor=tweet_ids[-1] if capped else None,
             )
 
-    async def timeline_ids(self, user_id: int) -> list[int]:
-        """Every tweet id the home timeline holds, complete or not (none when it is absent)."""
+    async def timeline_held(self, user_id: int) -> TimelineHeld | None:
+        """Everything the home timeline holds, whole or not; None when it has no key."""
         members: list[bytes] = await self._reads.execute(
             "ZRANGE", self._keys.timeline(user_id), 0, -1
         )
-        markers = {SENTINEL.encode(), TRIMMED.encode()}
-        return [int(m) for m in members if m not in markers]
+        if not members:
+            return None
+        sentinel, trimmed = SENTINEL.encode(), TRIMMED.encode()
+        return TimelineHeld(
+            ids=[int(m) for m in members if m not in (sentinel, trimmed)],
+            complete=sentinel in members,
+            truncated=trimmed in members,
+        )
 
     async def unpush_from_timelines(
         self, user_ids: Sequence[int], tweet_ids: Sequence[int]

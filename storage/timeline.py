@@ -264,6 +264,6 @@ class HomeTimeline:
         # reaches only the followers left when it runs: if it runs after the unfollow
         # committed (its event republished late by the relay after a NATS outage, or retried
         # through a Redis one), neither removes the tweet and the timeline keeps it for good.
-        held = await self._store.timeline_ids(user_id)
-        theirs = await self._tweets.by_author_among(author_id, held) if held else []
+        held = await self._store.timeline_held(user_id)
+        theirs = await self._tweets.by_author_among(author_id, held.ids) if held else []
         await self._store.unpush_from_timelines([user_id], sorted({*recent, *theirs}))
