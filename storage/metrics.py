@@ -16,6 +16,7 @@ is first imported, so this module decides the same way, once."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -158,5 +159,8 @@ def forget_dead_processes() -> int:
         except PermissionError:
             pass  # alive, someone else's
     for pid in dead:
-        _multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        # Another process starting at the same time (a replaced web process beside a new
+        # one) may have removed them first: gone is what was wanted.
+        with contextlib.suppress(FileNotFoundError):
+            _multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
     return len(dead)
