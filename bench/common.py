@@ -222,8 +222,9 @@ class CpuMeter:
     rest), per request: on a machine where all of them share the cores, this is what a
     request costs and where, which the throughput alone does not tell."""
 
-    def __init__(self, server_pid: int) -> None:
+    def __init__(self, server_pid: int, served_by: str = "web") -> None:
         self._server_pid = server_pid
+        self._served_by = served_by
         self._before = self._sample()
 
     def _group(self, process: psutil.Process) -> str:
@@ -232,13 +233,15 @@ class CpuMeter:
             return "redis"
         if name.startswith("postgres"):
             return "postgres"
+        if name.startswith("nats-server"):
+            return "nats"
         if process.pid == os.getpid():
             return "load generator"
         with contextlib.suppress(psutil.Error):
             if process.pid == self._server_pid or any(
                 p.pid == self._server_pid for p in process.parents()
             ):
-                return "web"
+                return self._served_by
         return "other"
 
     def _sample(self) -> dict[int, tuple[str, float]]:

@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import ChirpProcess, log
+from bench.common import ChirpProcess, CpuMeter, log
 from bench.context import Context
 from bench.report import Report
 from bench.search import snowflake
@@ -137,6 +137,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
+        meter = CpuMeter(worker.pid, served_by="fanout worker")
         started = time.perf_counter()
         window = 500
         for offset in range(0, count, window):
@@ -158,6 +159,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        cpu = meter.per_request(count)
     finally:
         worker.stop()
     steady_rate = expected_inserts / elapsed
@@ -166,6 +168,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         f"(published in {published:.2f} s): {steady_rate:,.0f} inserts/s,"
         f" {count / elapsed:,.0f} tweets/s"
     )
+    log(f"  CPU µs per tweet: {cpu}")
 
     zadd = ceiling.get("zadd_per_s", float("nan"))
     report.columns = ["measure", "inserts/s", "vs ZADD ceiling"]
@@ -186,6 +189,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             "publish_seconds": round(published, 2),
             "inserts_per_s": round(steady_rate),
             "tweets_per_s": round(count / elapsed, 1),
+            "cpu_us_per_tweet": cpu,
         },
     }
 
