@@ -364,19 +364,23 @@ class Fanout:
 
 @dataclass(frozen=True)
 class FanoutTuning:
-    # Events fetched at once; their TweetPosted are fanned out together. Larger batches
-    # share the round trips among more tweets, but the batch's other events and its acks
-    # wait until all its parts are written (about 30 ms for 256 in bench/fanout.py).
-    batch: int = 256
+    # Events fetched at most at once (a fetch takes what is there: under light load, a few);
+    # their TweetPosted are fanned out together. Larger batches share the round trips among
+    # more tweets, but the batch's other events and its acks wait until all its parts are
+    # written (about 90 ms for 768 at full speed in bench/fanout.py).
+    batch: int = 768
     # Followers per query fetch and per Redis script call; an author with more followers
     # than this is fanned out on their own, chunk by chunk.
     chunk_size: int = 1000
     # Tweets of a batch per follower query, push round trip and live push; `parts_at_once`
     # of them in flight, so that one part's query and Python work overlap another's push
     # (10,000 tweets of steady posting on bench/fanout.py's smoke graph, on 2 cores: about
-    # 145k inserts/s with the batch as one part, about 165k with these; parts of 64 did
-    # no better).
-    part_size: int = 128
+    # 145k inserts/s with the batch as one part, about 165k with parts of 128; parts of 64
+    # did no better). The follower query checks each follower's last visit in `users`, a
+    # hash of the whole table or a lookup per follower: per tweet it costs less in larger
+    # parts (on the full graph, 283 µs of Postgres per tweet in parts of 128, 124 in parts
+    # of 256; steady fanout with batches of 768, 110k -> 141k inserts/s).
+    part_size: int = 256
     parts_at_once: int = 3
     # Deliveries of a failing event before it is parked on the dead-letter stream.
     max_deliver: int = 10
