@@ -508,11 +508,13 @@ class RedisTimelineStore:
         runs). A pipeline of ZADD + ZREMRANGEBYRANK per follower spent its time packing
         commands in Python: 24k inserts/s against 163k/s for a script (bench/fanout.py).
         On Redis Cluster the keys of one call must share a slot: group by slot there."""
+        # Into a set still being rebuilt too: the rebuild read Postgres before this tweet
+        # committed, and merges into what is there (skipping it lost the tweet until the
+        # set expired). A set a push creates expires like a rebuilt one: a follower who
+        # never reads their timeline again (so never has it rebuilt, with a TTL) left it in
+        # Redis for good.
         calls = [
-            *self._push_calls(timelines, self._keys.timeline, "", keys_per_call),
-            # Into an author's list still being rebuilt too: the rebuild read Postgres before
-            # this tweet committed, and merges into what is there (skipping it lost the
-            # tweet from the read-time merge until the list expired).
+            *self._push_calls(timelines, self._keys.timeline, self._ttl, keys_per_call),
             *self._push_calls(authors, self._keys.author_tweets, self._ttl, keys_per_call),
         ]
         if calls:
@@ -551,6 +553,7 @@ class RedisTimelineStore:
                 [self._keys.timeline(u) for u in user_ids],
                 tweet_ids,
                 floor=tweet_ids[-1] if capped else None,
+                new_key_ttl=self._ttl,
             )
 
     async def timeline_held(self, user_id: int) -> TimelineHeld | None:

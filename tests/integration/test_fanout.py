@@ -89,6 +89,33 @@ async def test_a_normal_authors_tweet_is_pushed_into_every_followers_redis_timel
         assert await follower.timeline_ids() == [tweet["id"]]
 
 
+async def test_timelines_a_follow_or_a_push_creates_expire_like_rebuilt_ones(
+    api: Api, pg: asyncpg.Connection, redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    """A follower who never reads their timeline has it made by the worker alone, never
+    rebuilt (which would give it a TTL): without one it stayed in Redis for good."""
+    alice, bob = await api.sign_up_many(2)
+    first = await alice.post("before the follow")
+    await bob.follow(alice)
+    key = timeline_key(settings, bob.id)
+    lifetime = settings.active_days * 86_400
+
+    async with idle_fanout(settings) as fanout:
+        await redis_client.delete(key)
+        await fanout.handle(await one_event(pg, Followed, follower_id=bob.int_id))
+        assert await timeline_members(redis_client, settings, bob.id) == [member(first["id"])]
+        assert lifetime - 60 < await redis_client.ttl(key) <= lifetime
+
+        await redis_client.delete(key)
+        second = await alice.post("for a reader who may never come back")
+        await handle_posted(fanout, pg, second)
+        # Without a sentinel: read as missing, rebuilt by merging, which keeps the push.
+        assert await timeline_members(redis_client, settings, bob.id) == [member(second["id"])]
+        assert lifetime - 60 < await redis_client.ttl(key) <= lifetime
+
+    assert await bob.timeline_ids() == [second["id"], first["id"]]
+
+
 async def test_exactly_5_followers_is_still_pushed_and_the_6th_makes_a_celebrity(
     api: Api,
     fanout_run: FanoutRun,

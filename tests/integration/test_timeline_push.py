@@ -97,7 +97,7 @@ async def test_the_lean_push_leaves_every_set_as_the_general_script_does(
         await fill(redis_client, key, members, with_ttl=had_ttl)
         await general(
             keys=[expected_key],
-            args=[CAP, "", "", TTL if author_list else "", *map(encode_member, tweet_ids)],
+            args=[CAP, "", "", TTL, *map(encode_member, tweet_ids)],
         )
         if author_list:
             await store.push_many(authors=[([owner], tweet_ids)])
@@ -112,7 +112,8 @@ async def test_one_call_pushes_each_group_into_its_own_keys_across_calls(
     groups = [(list(range(1, 8)), [NEW]), (list(range(5, 12)), [NEW + 1, NEW + 2]), ([], [NEW + 3])]
     await store.push_many(timelines=groups, authors=[([1, 2], [NEW])], keys_per_call=3)
     for user in range(1, 12):
-        members, _ = await state_of(redis_client, keys.timeline(user))
+        members, expires = await state_of(redis_client, keys.timeline(user))
+        assert expires or not members, user
         wanted = set()
         for users, tweets in groups:
             if user in users:
