@@ -23,7 +23,17 @@ import uvloop
 
 from bench import fanout, posting, push_latency, timeline
 from bench import search as search_bench
-from bench.common import RESULTS, bench_database, bench_settings, log, new_tag, start_stack
+from bench.common import (
+    RESULTS,
+    bench_database,
+    bench_settings,
+    cpu_jiffies,
+    log,
+    new_tag,
+    python_loop_ns,
+    start_stack,
+    steal_share,
+)
 from bench.context import Context
 from bench.datagen import SIZES, celebrity_threshold, generate
 from bench.report import Report
@@ -86,6 +96,8 @@ async def main_async(args: argparse.Namespace) -> None:
     settings = bench_settings(tag, celebrity_threshold=celebrity_threshold(size["users"]))
     documents: list[dict[str, Any]] = []
     started = time.time()
+    speed_before, jiffies = python_loop_ns(), cpu_jiffies()
+    log(f"machine: a pure-Python loop at {speed_before} ns per iteration")
     stack = start_stack(settings)
     try:
         graph_benches = [n for n in only if n in GRAPH_BENCHMARKS]
@@ -121,6 +133,12 @@ async def main_async(args: argparse.Namespace) -> None:
         "size": args.size,
         "seconds": round(time.time() - started, 1),
         "targets": targets,
+        # Compare runs of different days through these: ratios in one run hold, rates move.
+        "machine": {
+            "python_loop_ns": [speed_before, python_loop_ns()],
+            "steal_share": steal_share(jiffies, cpu_jiffies()),
+            "cpus": os.cpu_count(),
+        },
         "loadavg": {d["benchmark"]: [d["loadavg_start"], d["loadavg_end"]] for d in documents},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -132,6 +150,11 @@ async def main_async(args: argparse.Namespace) -> None:
             f"  {'MET   ' if t['met'] else 'MISSED'} {t['name']}: {t['measured']:,}{t['unit']}"
             f" ({op} {t['target']}{t['unit']})"
         )
+    machine = summary["machine"]
+    print(
+        f"  machine: a pure-Python loop at {machine['python_loop_ns']} ns per iteration"
+        f" (start, end); CPU stolen by the hypervisor: {machine['steal_share']}"
+    )
     print(f"  total {summary['seconds']} s; results in {RESULTS}")
 
 

@@ -46,6 +46,39 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def python_loop_ns() -> float:
+    """ns per iteration of a fixed pure-Python loop, best of five, on one core: how fast this
+    machine is at the moment. The same code measured 2x slower on the same machine on
+    different days; this puts runs of different days on one scale."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def cpu_jiffies() -> dict[str, int]:
+    """The machine's CPU time by state since boot (/proc/stat; empty elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:9]
+    except OSError:
+        return {}
+    names = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
+    return dict(zip(names, map(int, fields), strict=False))
+
+
+def steal_share(before: dict[str, int], after: dict[str, int]) -> float | None:
+    """Of the CPU time between two cpu_jiffies(), the share the hypervisor gave others."""
+    if not before or not after:
+        return None
+    spent = sum(after.values()) - sum(before.values())
+    return round((after["steal"] - before["steal"]) / spent, 4) if spent else None
+
+
 def log(line: str) -> None:
     print(line, flush=True)
 

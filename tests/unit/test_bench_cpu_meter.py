@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import CpuMeter
+from bench.common import CpuMeter, cpu_jiffies, steal_share
 
 # Says it is ready, waits for the go file, burns 0.25 s of CPU, says it is done, then idles.
 WORKER = """
@@ -66,3 +66,21 @@ def test_the_servers_processes_count_as_web_and_the_meters_own_as_load_generator
     assert 480 <= per["web"] <= 650
     assert 190 <= per["load generator"] <= 450
     assert per["total"] >= per["web"] + per["load generator"]
+
+
+def test_steal_share_is_the_stolen_part_of_the_cpu_time_between_two_readings() -> None:
+    before = {"user": 100, "system": 50, "idle": 800, "steal": 50}
+    after = {"user": 400, "system": 100, "idle": 1300, "steal": 250}
+    # 1,050 jiffies passed, 200 of them stolen.
+    assert steal_share(before, after) == round(200 / 1050, 4)
+    assert steal_share(before, before) is None
+    assert steal_share({}, after) is None
+
+
+def test_the_machine_reads_its_own_cpu_time_by_state() -> None:
+    jiffies = cpu_jiffies()
+    if not Path("/proc/stat").exists():
+        assert jiffies == {}
+        return
+    assert {"user", "system", "idle", "steal"} <= set(jiffies)
+    assert all(value >= 0 for value in jiffies.values())
