@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from bench.common import ChirpProcess, log, percentile, post_json, run_load, serving
 from bench.context import Context
 from bench.report import Report
+from storage.fanout_log import FanoutLog
 from web.security import hash_token
 
 SOCKETS = 50
@@ -56,12 +57,15 @@ async def run(ctx: Context) -> dict[str, Any]:
     rate, background_rate = RATES[ctx.size]
     seconds = ctx.step * 3
     sent: dict[int, float] = {}
+    answered: dict[int, float] = {}
     seen: dict[int, list[float]] = {}
     decoder = msgspec.json.Decoder()
 
     def record(status: int, body: bytes, began: float, done: float) -> None:
         if status == 201:
-            sent[int(decoder.decode(body)["id"])] = began
+            tweet_id = int(decoder.decode(body)["id"])
+            sent[tweet_id] = began
+            answered[tweet_id] = done
 
     async def listen(token: str, ready: asyncio.Event, stop: asyncio.Event, url: str) -> None:
         async with connect(f"{url}/api/v1/stream?access_token={token}", max_queue=None) as ws:
@@ -99,6 +103,10 @@ async def run(ctx: Context) -> dict[str, Any]:
                 f"  {len(tasks)} sockets open; posting {rate}/s (+{background_rate}/s background)"
                 f" for {seconds:.0f} s"
             )
+            # This process both posts and reads the sockets: a delivery is timed when its
+            # loop gets to it, so how late the loop runs is part of every figure.
+            lags: list[float] = []
+            lag_watch = asyncio.create_task(watch_loop_lag(lags, stop))
             measured, bg = await asyncio.gather(
                 run_load(
                     s.host,
@@ -122,7 +130,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             )
             await asyncio.sleep(3.0)
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, lag_watch, return_exceptions=True)
     finally:
         worker.stop()
 
@@ -135,6 +143,11 @@ async def run(ctx: Context) -> dict[str, Any]:
     expected = len(sent) * len(sockets)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     log(f"  {len(latencies):,} of {expected:,} deliveries; p50 {p50:.1f} ms p99 {p99:.1f} ms")
+    stages = await split_into_stages(ctx, sent, answered, seen)
+    loop_lag = (round(percentile(lags, 0.5), 1), round(percentile(lags, 0.99), 1))
+    stages["this process's loop running late"] = loop_lag
+    for stage, (s50, s99) in stages.items():
+        log(f"    {stage:<34} p50 {s50:7.1f} ms  p99 {s99:7.1f} ms")
     report.columns = [
         "posts",
         "sockets",
@@ -167,7 +180,11 @@ async def run(ctx: Context) -> dict[str, Any]:
         "posts_background": bg.summary(),
         "p50_ms": p50,
         "p99_ms": p99,
+        "stages_p50_p99_ms": stages,
     }
+    report.notes.append("where the time goes (p50 / p99 ms of each stage, per delivery):")
+    for stage, (s50, s99) in stages.items():
+        report.notes.append(f"  {stage}: {s50:.1f} / {s99:.1f}")
 
     def plot(figure: Any) -> None:
         ax = figure.subplots()
@@ -181,3 +198,49 @@ async def run(ctx: Context) -> dict[str, Any]:
 
     report.plot = plot
     return report.finish()
+
+
+async def split_into_stages(
+    ctx: Context,
+    sent: dict[int, float],
+    answered: dict[int, float],
+    seen: dict[int, list[float]],
+) -> dict[str, tuple[float, float]]:
+    """Each delivery's latency in three parts, from the fanout worker's record of each tweet
+    (`fo:{tweet_id}`, written once its timelines and live messages are out): the request
+    (sent -> 201), the fanout (201 -> the worker done: the relay's publish, JetStream, the
+    worker's fetch, query, pushes and live publish) and the live path (the worker done ->
+    the socket: the NATS subject, the app's hub, hydration, the socket write)."""
+    log_ = FanoutLog(ctx.services.redis, ctx.services.keys)
+    # The records' times are wall-clock; the load generator's are perf_counter.
+    offset = time.time() - time.perf_counter()
+    request: list[float] = []
+    fanout: list[float] = []
+    live: list[float] = []
+    for tweet_id, times in seen.items():
+        if tweet_id not in sent:
+            continue
+        record = await log_.get(tweet_id)
+        if record is None:
+            continue
+        done = record.at - offset
+        for t in times:
+            request.append((answered[tweet_id] - sent[tweet_id]) * 1000)
+            fanout.append((done - answered[tweet_id]) * 1000)
+            live.append((t - done) * 1000)
+    return {
+        name: (round(percentile(values, 0.5), 1), round(percentile(values, 0.99), 1))
+        for name, values in (
+            ("request (sent -> 201)", request),
+            ("fanout (201 -> worker done)", fanout),
+            ("live (worker done -> socket)", live),
+        )
+    }
+
+
+async def watch_loop_lag(lags: list[float], stop: asyncio.Event, every: float = 0.005) -> None:
+    """How much later than asked this process's event loop wakes a task, in ms."""
+    while not stop.is_set():
+        asked = time.perf_counter()
+        await asyncio.sleep(every)
+        lags.append((time.perf_counter() - asked - every) * 1000)
