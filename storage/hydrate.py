@@ -159,6 +159,12 @@ class TweetReader:
             return set()
         return await self._tweets.liked_among(viewer_id, tweet_ids)
 
+    async def remember_tweets(self, tweets: Sequence[Tweet]) -> None:
+        """Caches tweets just posted, as Postgres holds them: only before anyone else can
+        know their ids (a cached copy written after a like's invalidation would be stale
+        for the cache's lifetime)."""
+        await self._store(self._tweet_cache, {t.id: t for t in tweets})
+
     async def forget_tweets(self, ids: Sequence[int]) -> None:
         """Drops cached copies after a change (likes, replies, deletion). Tried even while
         the breaker is open: a skipped cache read or write costs a Postgres query, but a

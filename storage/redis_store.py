@@ -581,9 +581,6 @@ class RedisTimelineStore:
                 pipe.zrem(self._keys.timeline(user_id), *members)
             await pipe.execute()
 
-    async def push_to_author(self, author_id: int, tweet_id: int) -> None:
-        await self.push_many(authors=[([author_id], [tweet_id])])
-
     async def unpush_from_author(self, author_id: int, tweet_id: int) -> None:
         await self._redis.zrem(self._keys.author_tweets(author_id), encode_member(tweet_id))
 

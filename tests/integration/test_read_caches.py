@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from domain.model import Tweet
+from storage.repositories import TWEET_COLUMNS, tweet_from_row
 from tests.support import Account, Api, running_app
 from web.settings import Settings
 
@@ -213,3 +216,28 @@ async def test_a_reader_with_more_likes_than_kept_still_sees_every_liked_flag(
         pages.append(await elsewhere.timeline(limit=2, cursor=pages[-1]["next_cursor"]))
     flags = [t["liked"] for page in pages for t in page["tweets"]]
     assert flags == [False, True, True, True, True]
+
+
+async def test_a_new_tweet_is_cached_as_postgres_holds_it_before_its_201(
+    api: Api, pg: asyncpg.Connection, redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    """Every follower's open socket hydrates a new tweet as soon as its live message comes;
+    cached by the post, none of them has to ask Postgres. The copy must be exactly what a
+    cache miss would have loaded."""
+    author = await api.sign_up()
+
+    async def cached(tweet: dict[str, Any]) -> Tweet | None:
+        blob = await redis_client.get(f"{settings.redis_prefix}tw:{tweet['id']}")
+        return None if blob is None else msgspec.msgpack.decode(blob, type=Tweet)
+
+    async def in_postgres(tweet: dict[str, Any]) -> Tweet:
+        query = f"SELECT {TWEET_COLUMNS} FROM tweets WHERE id = $1"
+        return tweet_from_row(await pg.fetchrow(query, int(tweet["id"])))
+
+    parent = await author.post("a thread")
+    assert await cached(parent) == await in_postgres(parent)
+    reply = await author.post("and a reply", reply_to=parent["id"])
+    assert await cached(reply) == await in_postgres(reply)
+    # The reply changed the parent's count: its copy is dropped, not kept stale.
+    assert await cached(parent) is None
+    assert (await in_postgres(parent)).reply_count == 1
