@@ -48,8 +48,8 @@ def loadavg() -> list[float]:
 
 def python_loop_ns() -> float:
     """ns per iteration of a fixed pure-Python loop, best of five, on one core: how fast this
-    machine is at the moment. The same code measured 2x slower on the same machine on
-    different days; this puts runs of different days on one scale."""
+    machine is at the moment. The same code served `/health` 1.6x slower on the same
+    machine on another day; this puts runs of different days on one scale."""
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
@@ -251,7 +251,8 @@ async def serving(settings: Settings, processes: int = 1) -> AsyncIterator[Serve
 
 class CpuMeter:
     """The CPU time every process on the machine used over a measured step, grouped into
-    the parts of a request (the web workers, Redis, Postgres, this load generator, the
+    the parts of a request (the measured process and its children under `served_by`: the
+    web workers, or the fanout worker; Redis, Postgres, NATS, this load generator, the
     rest), per request: on a machine where all of them share the cores, this is what a
     request costs and where, which the throughput alone does not tell."""
 

@@ -68,6 +68,17 @@ def test_the_servers_processes_count_as_web_and_the_meters_own_as_load_generator
     assert per["total"] >= per["web"] + per["load generator"]
 
 
+def test_the_measured_process_counts_under_the_name_it_is_given() -> None:
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        per = CpuMeter(worker.pid, served_by="fanout worker").per_request(1)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert "fanout worker" in per
+    assert "web" not in per
+
+
 def test_steal_share_is_the_stolen_part_of_the_cpu_time_between_two_readings() -> None:
     before = {"user": 100, "system": 50, "idle": 800, "steal": 50}
     after = {"user": 400, "system": 100, "idle": 1300, "steal": 250}
