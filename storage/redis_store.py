@@ -89,6 +89,9 @@ class RedisKeys:
     def like_version(self, user_id: int) -> str:
         return f"{self.prefix}lv:{user_id}"
 
+    def session(self, token_hash: bytes) -> str:
+        return f"{self.prefix}ss:{token_hash.hex()}"
+
 
 def lex_range(before: int | None, after: int | None) -> tuple[str, str]:
     """ZREVRANGEBYLEX bounds (max, min) for ids strictly inside (after, before)."""

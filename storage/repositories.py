@@ -174,15 +174,23 @@ class TokenRepository:
             expires_at,
         )
 
-    async def resolve(self, token_hash: bytes) -> tuple[User, datetime] | None:
-        """The user a live token belongs to, and when that user was last seen."""
+    async def resolve(self, token_hash: bytes) -> tuple[User, datetime, datetime | None] | None:
+        """The user a live token belongs to, when that user was last seen, and when the token
+        expires (None: never)."""
         row = await self._db.pool.fetchrow(
-            f"SELECT {USER_COLUMNS_U},"
-            " u.last_seen_at FROM access_tokens t JOIN users u ON u.id = t.user_id"
+            f"SELECT {USER_COLUMNS_U}, u.last_seen_at, t.expires_at"
+            " FROM access_tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now())",
             token_hash,
         )
-        return (user_from_row(row), row["last_seen_at"]) if row else None
+        return (user_from_row(row), row["last_seen_at"], row["expires_at"]) if row else None
+
+    async def hashes_of(self, user_id: int) -> list[bytes]:
+        """The user's live tokens (hashed)."""
+        rows = await self._db.pool.fetch(
+            "SELECT token_hash FROM access_tokens WHERE user_id = $1", user_id
+        )
+        return [bytes(r["token_hash"]) for r in rows]
 
     async def revoke(self, token_hash: bytes) -> None:
         await self._db.pool.execute("DELETE FROM access_tokens WHERE token_hash = $1", token_hash)

@@ -304,10 +304,13 @@ def admin_revoke(username: str) -> None:
 
 
 def _set_admin(username: str, admin: bool) -> None:
-    from web.ops_cli import set_admin
+    from web.ops_cli import SessionsNotForgotten, set_admin
 
-    if not asyncio.run(set_admin(_settings(), username, admin)):
-        raise click.ClickException(f"no user named {username!r}")
+    try:
+        if not asyncio.run(set_admin(_settings(), username, admin)):
+            raise click.ClickException(f"no user named {username!r}")
+    except SessionsNotForgotten as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"@{username} is {'now' if admin else 'no longer'} an admin")
 
 

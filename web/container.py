@@ -39,6 +39,7 @@ from storage.repositories import (
 from storage.resp import RespClient
 from storage.search_index import TypesenseIndex
 from storage.search_sync import SearchSync
+from storage.sessions import SessionCache
 from storage.timeline import HomeTimeline
 from web.media_setup import build_media_store
 from web.settings import Settings
@@ -60,6 +61,7 @@ class Services:
     ids: IdGenerator
     users: UserRepository
     tokens: TokenRepository
+    sessions: SessionCache
     tweets: TweetRepository
     follows: FollowRepository
     outbox: OutboxRepository
@@ -123,6 +125,7 @@ def build_services(settings: Settings, *, process_name: str) -> Services:
         ids=IdGenerator(max(settings.worker_id, 0)),
         users=users,
         tokens=TokenRepository(db),
+        sessions=SessionCache(redis, reads, keys, ttl=settings.session_cache_seconds),
         tweets=tweets,
         follows=follows,
         outbox=outbox,

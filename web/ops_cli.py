@@ -13,11 +13,20 @@ from realtime.jetstream import NatsLink, StreamNames
 from realtime.streams_report import ConsumerState, StreamState, StreamsUnavailable, read_streams
 from storage.operations import OperationsRepository
 from storage.postgres import Database
+from storage.redis_store import REDIS_ERRORS, RedisKeys, connect_redis
+from storage.repositories import TokenRepository
+from storage.resp import RespClient
+from storage.sessions import SessionCache
 from web.container import provide_services
 from web.settings import Settings
 from web.trace import Step, trace_tweet
 
 Echo = Callable[[str], None]
+
+
+class SessionsNotForgotten(Exception):
+    pass
+
 
 COLUMNS = (
     ("STREAM / CONSUMER", 24),
@@ -163,9 +172,30 @@ async def trace_command(
 
 
 async def set_admin(settings: Settings, username: str, admin: bool) -> bool:
+    """Changes the flag, and drops the user's sessions that Redis keeps for every process
+    (which hold the flag; each process's own copy lapses within `auth_cache_seconds`)."""
     db = Database(settings.database_url, min_size=1, max_size=2)
     await db.start()
     try:
-        return await OperationsRepository(db).set_admin(username, admin) is not None
+        user = await OperationsRepository(db).set_admin(username, admin)
+        if user is None:
+            return False
+        hashes = await TokenRepository(db).hashes_of(user.id)
     finally:
         await db.stop()
+    redis = connect_redis(settings.redis_url)
+    reads = RespClient(settings.redis_url)
+    sessions = SessionCache(
+        redis, reads, RedisKeys(settings.redis_prefix), ttl=settings.session_cache_seconds
+    )
+    try:
+        await sessions.forget(hashes)
+    except REDIS_ERRORS as error:
+        raise SessionsNotForgotten(
+            f"the admin flag changed, but the sessions Redis keeps still show the old one"
+            f" for up to {settings.session_cache_seconds} s ({error})"
+        ) from error
+    finally:
+        await redis.aclose()
+        await reads.close()
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import msgspec
 
@@ -28,6 +29,7 @@ from domain.timeline import page_cursor
 from storage.local_cache import ExpiringCache
 from storage.redis_store import REDIS_ERRORS, RateLimitDecision
 from storage.request_id import current_request_id
+from storage.sessions import Session
 from storage.timeline import HomePage
 from web.container import Services
 from web.media_service import MediaService
@@ -44,6 +46,10 @@ class Principal(msgspec.Struct, frozen=True):
     user: User
     last_seen_at: datetime
     token_hash: bytes
+    expires_at: datetime | None = None  # None: an API token, which does not expire
+
+    def session(self) -> Session:
+        return Session(self.user, self.last_seen_at, self.expires_at)
 
 
 class UserPage(msgspec.Struct, frozen=True):
@@ -69,6 +75,9 @@ class Chirp:
         self._signed_out: ExpiringCache[bytes, bool] = ExpiringCache(
             2 * services.settings.auth_cache_seconds
         )
+        # Tokens signed out here whose tombstone Redis did not take (storage/sessions.py):
+        # written with the next attempt that gets through, and refused here meanwhile.
+        self._unrevoked: set[bytes] = set()
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -140,21 +149,57 @@ class Chirp:
             return None
         token_hash = hash_token(token)
         cached = self._principals.get(token_hash)
-        if cached is not None:
+        if cached is not None and (
+            cached.expires_at is None or cached.expires_at > datetime.now(UTC)
+        ):
             return cached
-        found = await self.s.tokens.resolve(token_hash)
-        if found is None:
+        if token_hash in self._unrevoked:
             return None
-        principal = Principal(user=found[0], last_seen_at=found[1], token_hash=token_hash)
+        now = datetime.now(UTC)
+        session = await self._shared_session(token_hash)
+        if session is False:
+            return None
+        if session is None or (session.expires_at is not None and session.expires_at <= now):
+            found = await self.s.tokens.resolve(token_hash)
+            if found is None:
+                return None
+            session = Session(*found)
+            await self._best_effort(self.s.sessions.remember(token_hash, session, now))
+        principal = Principal(session.user, session.last_seen_at, token_hash, session.expires_at)
         # A lookup that raced this process's sign-out of the token must not cache it again.
         if self._signed_out.get(token_hash) is None:
             self._principals.put(token_hash, principal)
         return principal
 
+    async def _shared_session(self, token_hash: bytes) -> Session | Literal[False] | None:
+        if not self.s.breaker.closed:
+            return None
+        if self._unrevoked:
+            await self._revoke_sessions([])
+        try:
+            return await self.s.sessions.get(token_hash)
+        except REDIS_ERRORS:
+            self.s.breaker.trip()
+            return None
+
     async def sign_out(self, principal: Principal) -> None:
         self._signed_out.put(principal.token_hash, True)
         self._principals.evict(principal.token_hash)
         await self.s.tokens.revoke(principal.token_hash)
+        await self._revoke_sessions([principal.token_hash])
+
+    async def _revoke_sessions(self, token_hashes: list[bytes]) -> None:
+        """Tried even while the breaker is open, like a tweet's invalidation: a skipped
+        tombstone leaves the token usable through other processes for the copy's lifetime."""
+        pending = [*self._unrevoked, *token_hashes]
+        try:
+            await self.s.sessions.revoke(pending)
+        except REDIS_ERRORS:
+            self.s.breaker.trip()
+            if len(self._unrevoked) < 100_000:
+                self._unrevoked.update(token_hashes)
+        else:
+            self._unrevoked.difference_update(pending)
 
     # -- users and the follow graph --------------------------------------------------------
 
@@ -344,10 +389,12 @@ class Chirp:
         if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
             inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)
             await self.s.users.touch_last_seen(user_id)
+            seen = msgspec.structs.replace(principal, last_seen_at=now)
             if self._principals.get(principal.token_hash) is not None:
-                self._principals.put(
-                    principal.token_hash, msgspec.structs.replace(principal, last_seen_at=now)
-                )
+                self._principals.put(principal.token_hash, seen)
+            # Or every other process would find the old time in the shared copy and touch
+            # (and after a long absence, rebuild the timeline) again.
+            await self._best_effort(self.s.sessions.refresh(principal.token_hash, seen.session()))
             # Fanout skipped this user while inactive: their Redis timeline (if any survived)
             # is missing tweets, so rebuild it before serving it.
             if inactive:

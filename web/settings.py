@@ -64,6 +64,9 @@ class Settings:
     # Sign-out takes effect at once in the process that handles it; other processes may
     # accept the revoked token until their entry expires.
     auth_cache_seconds: float = 5.0
+    # How long Redis keeps a token's owner for every process (storage/sessions.py). A
+    # sign-out replaces it at once; an admin grant or revoke drops it.
+    session_cache_seconds: int = 600
     db_pool_size: int = 10
     # Where uploaded images live: "local" (files under media_dir, served by the app through
     # signed URLs; the default for `make run`) or "s3" (MinIO or any S3, settings below).

@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from storage.redis_store import RedisKeys
 from tests.support import Api, FanoutRun, run_chirp, running_app, unique_name
+from web.security import hash_token
 from web.settings import Settings
 
 
@@ -205,6 +208,19 @@ async def test_admin_grant_and_revoke_set_the_users_admin_flag(
     revoked = await run_chirp(settings, "admin", "revoke", person.username)
     assert revoked.code == 0, revoked.err
     assert await pg.fetchval("SELECT is_admin FROM users WHERE id = $1", person.int_id) is False
+
+
+async def test_admin_grant_drops_the_users_sessions_that_redis_keeps_for_every_process(
+    settings: Settings, api: Api, redis_client: aioredis.Redis
+) -> None:
+    # They hold the admin flag: kept, they would show the old one for their whole lifetime.
+    person = await api.sign_up()
+    assert (await api.client.get("/api/v1/me", headers=person.auth)).status_code == 200
+    key = RedisKeys(settings.redis_prefix).session(hash_token(person.token))
+    assert await redis_client.exists(key)
+    granted = await run_chirp(settings, "admin", "grant", person.username)
+    assert granted.code == 0, granted.err
+    assert not await redis_client.exists(key)
 
 
 async def test_admin_grant_of_an_unknown_user_fails(settings: Settings) -> None:
