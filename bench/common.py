@@ -230,6 +230,7 @@ async def serving(settings: Settings, processes: int = 1) -> AsyncIterator[Serve
                     "--format",
                     "raw",
                     "--nonblocking",
+                    "--subprocesses",
                     "-o",
                     f"{profile}/serve-{server.pid}.txt",
                 ],
