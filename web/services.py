@@ -176,6 +176,8 @@ class Chirp:
             return None
         if self._unrevoked:
             await self._revoke_sessions([])
+            if not self.s.breaker.closed:  # the retry found Redis down: so would the GET
+                return None
         try:
             return await self.s.sessions.get(token_hash)
         except REDIS_ERRORS:
