@@ -27,6 +27,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def tcp_bindable(host: str, port: int) -> bool:
+    """Whether a server could bind this port now: nothing listens on it and no other socket
+    (a client connection's local end among them) holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def tcp_listening(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

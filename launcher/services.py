@@ -37,6 +37,7 @@ from launcher.process import (
     as_user,
     free_port,
     live_owner,
+    tcp_bindable,
     tcp_listening,
     terminate,
 )
@@ -693,9 +694,11 @@ def _prepare_typesense(
     host, port = _host_port(typesense_url, 8108)
     address = _ip_for(host)
     # Raft's peering port is recorded in the data dir, so keep it stable
-    # (api port - 1, Typesense's own default pairing) unless that is taken.
+    # (api port - 1, Typesense's own default pairing) unless that is taken. Taken means
+    # unbindable, not only listened on: a test's random port once sat next to a client
+    # connection's local port, and Typesense exited, failing to start its peering service.
     peering_port = (
-        port - 1 if port > 1024 and not tcp_listening(address, port - 1) else free_port(address)
+        port - 1 if port > 1024 and tcp_bindable(address, port - 1) else free_port(address)
     )
     data_dir = service_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

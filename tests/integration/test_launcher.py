@@ -18,6 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from launcher.process import tcp_bindable
 from launcher.services import (
     EmbeddedStack,
     ManagedProcess,
@@ -28,6 +29,20 @@ from launcher.services import (
     start_nats,
     start_redis,
 )
+
+
+def test_a_port_held_by_a_client_connection_is_not_bindable_though_nothing_listens_on_it() -> None:
+    # Typesense's peering port (its API port - 1) once collided with such a port.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        try:
+            held = client.getsockname()[1]
+            assert not tcp_bindable("127.0.0.1", held)
+        finally:
+            client.close()
+            accepted.close()
+    assert tcp_bindable("127.0.0.1", free_port())
 
 
 def _redis_info(port: int) -> dict[str, object] | None:
