@@ -1,4 +1,9 @@
-"""Entities and value types. Frozen, so a cached copy can never be changed in place."""
+"""Entities and value types. Frozen, so a cached copy can never be changed in place.
+
+Untracked by the cyclic collector (gc=False): a web process keeps tens of thousands of them
+(decoded tweets and authors, token owners), each full collection walked them all and stalled
+the event loop for tens of milliseconds, and none can be part of a reference cycle (they hold
+only plain values and each other)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from datetime import datetime
 import msgspec
 
 
-class Author(msgspec.Struct, frozen=True):
+class Author(msgspec.Struct, frozen=True, gc=False):
     """The part of a user every tweet carries; cached by id."""
 
     id: int
@@ -15,7 +20,7 @@ class Author(msgspec.Struct, frozen=True):
     display_name: str
 
 
-class User(msgspec.Struct, frozen=True):
+class User(msgspec.Struct, frozen=True, gc=False):
     id: int
     username: str
     display_name: str
@@ -31,14 +36,14 @@ class User(msgspec.Struct, frozen=True):
         return Author(id=self.id, username=self.username, display_name=self.display_name)
 
 
-class Media(msgspec.Struct, frozen=True):
+class Media(msgspec.Struct, frozen=True, gc=False):
     id: int
     content_type: str
     key: str
     alt: str = ""
 
 
-class Tweet(msgspec.Struct, frozen=True):
+class Tweet(msgspec.Struct, frozen=True, gc=False):
     id: int
     author_id: int
     text: str
@@ -50,7 +55,7 @@ class Tweet(msgspec.Struct, frozen=True):
     deleted: bool = False
 
 
-class TweetView(msgspec.Struct, frozen=True):
+class TweetView(msgspec.Struct, frozen=True, gc=False):
     """A tweet as one reader sees it: with its author and whether the reader liked it."""
 
     tweet: Tweet

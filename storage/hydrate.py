@@ -10,7 +10,7 @@ from typing import Any
 from domain.model import Author, Tweet, TweetView
 from storage.local_cache import ExpiringCache
 from storage.metrics import CACHE_REQUESTS, labelled
-from storage.redis_store import REDIS_ERRORS, RedisBreaker, RedisObjectCache
+from storage.redis_store import REDIS_ERRORS, PendingWrites, RedisBreaker, RedisObjectCache
 from storage.repositories import TweetRepository, UserRepository
 
 # Which of these tweet ids the viewer likes.
@@ -44,7 +44,7 @@ class TweetReader:
         self._local_authors: ExpiringCache[int, Author] = ExpiringCache(300.0)
         # Tweets whose cached copy could not be dropped after a change: dropped with the
         # next invalidation that gets through, and never read from the cache meanwhile.
-        self._unforgotten: set[int] = set()
+        self._unforgotten: PendingWrites[int] = PendingWrites(tweet_cache.invalidate, breaker)
 
     async def tweets(
         self, ids: Sequence[int], prefetched: Mapping[int, bytes | None] | None = None
@@ -166,22 +166,12 @@ class TweetReader:
         await self._store(self._tweet_cache, {t.id: t for t in tweets})
 
     async def forget_tweets(self, ids: Sequence[int]) -> None:
-        """Drops cached copies after a change (likes, replies, deletion). Tried even while
-        the breaker is open: a skipped cache read or write costs a Postgres query, but a
-        skipped invalidation left the old copy (counts, a deleted tweet shown) for the
-        cache's whole lifetime, while the Redis that tripped the breaker was often back
-        already (a restarted Redis fails each pooled connection once)."""
-        pending = [*self._unforgotten, *ids]
-        if not pending:
-            return
-        try:
-            await self._tweet_cache.invalidate(pending)
-        except REDIS_ERRORS:
-            self._breaker.trip()
-            if len(self._unforgotten) < 100_000:
-                self._unforgotten.update(ids)
-        else:
-            self._unforgotten.difference_update(pending)
+        """Drops cached copies after a change (likes, replies, deletion), or leaves them
+        pending (PendingWrites). A skipped invalidation left the old copy (counts, a deleted
+        tweet shown) for the cache's whole lifetime, while the Redis that tripped the
+        breaker was often back already (a restarted Redis fails each pooled connection
+        once)."""
+        await self._unforgotten.write(ids)
 
     async def _cached(self, cache: RedisObjectCache[Any], ids: Sequence[int]) -> dict[int, Any]:
         if not ids or not self._breaker.closed:

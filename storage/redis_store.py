@@ -11,7 +11,7 @@ and rebuilt from Postgres."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import msgspec
@@ -444,10 +444,15 @@ class RedisTimelineStore:
         copy of it is stale from now on."""
         await self._redis.set(self._keys.follow_version(user_id), new_version(), ex=VERSION_TTL)
 
-    async def bump_like_version(self, user_id: int) -> None:
-        """After the user liked or unliked (committed): cached copies of their likes are
+    async def bump_like_versions(self, user_ids: Sequence[int]) -> None:
+        """After the users liked or unliked (committed): cached copies of their likes are
         stale."""
-        await self._redis.set(self._keys.like_version(user_id), new_version(), ex=VERSION_TTL)
+        if not user_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.set(self._keys.like_version(user_id), new_version(), ex=VERSION_TTL)
+            await pipe.execute()
 
     async def bump_celebrity_version(self) -> None:
         """After an author changed fanout mode: every cached split of follow lists into
@@ -718,3 +723,54 @@ class RedisBreaker:
 
     def trip(self) -> None:
         self._open_until = time.monotonic() + self._cooldown
+
+
+K = TypeVar("K")
+
+
+class PendingWrites(Generic[K]):
+    """Writes that stop other processes from serving a stale copy (a dropped cache entry, a
+    sign-out's tombstone, a version bump), by what they are about. Tried even while the
+    breaker is open: a skipped one would leave the copies stale for their whole lifetime,
+    while a failed attempt costs little. What Redis did not take is kept and written again
+    with the next attempt that gets through; callers treat a pending key as already
+    changed (a token refused, a cached tweet not read)."""
+
+    def __init__(
+        self,
+        write: Callable[[list[K]], Awaitable[object]],
+        breaker: RedisBreaker,
+        *,
+        limit: int = 100_000,
+    ) -> None:
+        self._write = write
+        self._breaker = breaker
+        self._limit = limit
+        self._keys: set[K] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys)
+
+    def add(self, key: K) -> None:
+        """Marks a write as pending without trying it (tests stand in for a failed one)."""
+        self._keys.add(key)
+
+    async def write(self, keys: Sequence[K] = ()) -> None:
+        """These keys' writes, with every pending one."""
+        pending = [*self._keys, *keys]
+        if not pending:
+            return
+        try:
+            await self._write(pending)
+        except REDIS_ERRORS:
+            self._breaker.trip()
+            if len(self._keys) < self._limit:
+                self._keys.update(keys)
+        else:
+            self._keys.difference_update(pending)

@@ -40,7 +40,7 @@ return 0
 )
 
 
-class Session(msgspec.Struct, frozen=True, array_like=True):
+class Session(msgspec.Struct, frozen=True, array_like=True, gc=False):
     user: User
     last_seen_at: datetime
     expires_at: datetime | None  # None: an API token, which does not expire

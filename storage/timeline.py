@@ -29,21 +29,34 @@ from storage.repositories import FollowRepository, TweetRepository
 NO_UPPER_BOUND = 2**63 - 1
 
 
-Followees = tuple[list[int], list[int]]  # (normal authors, celebrities)
+Followees = tuple[Sequence[int], Sequence[int]]  # (normal authors, celebrities)
 
 
-class CachedFollowees(msgspec.Struct, frozen=True):
+# The per-process copies below are out of the cyclic collector's sight (gc=False; tuples of
+# ints and dicts of ints it untracks by itself): it walked every id in them, and each full
+# collection over a warm process's follow lists and likes (and, before the domain's structs
+# were untracked too, its decoded tweets and authors) stalled the event loop 25-50 ms, the
+# timeline's p99. None of them can be part of a reference cycle.
+class CachedFollowees(msgspec.Struct, frozen=True, gc=False):
     versions: tuple[bytes | None, bytes | None]
-    normal: list[int]
-    celebrities: list[int]
+    normal: tuple[int, ...]
+    celebrities: tuple[int, ...]
 
 
-class CachedLikes(msgspec.Struct, frozen=True):
+class CachedLikes(msgspec.Struct, frozen=True, gc=False):
     version: bytes | None
-    # Every tweet from this id on that the user likes is in tweet_ids.
+    # Every tweet from this id on that the user likes is among tweet_ids' keys.
     oldest: int
-    tweet_ids: frozenset[int]
+    tweet_ids: dict[int, None]
 
+
+# How long a process keeps a reader's follow list and likes. Every read checks the copy's
+# version in Redis, so this only bounds how long a change whose version bump never reached
+# Redis goes unseen (the bumps are retried: follows by the fanout worker from their events,
+# likes by the process that took them). At 60 s, every warm reader's copies were reloaded
+# from Postgres each minute, in waves that queued the timeline at 80% of its peak for
+# seconds at a time (p99 100-200 ms; bench/timeline.py).
+COPY_SECONDS = 600.0
 
 # Per user, the most likes a process keeps (the newest); older pages ask Postgres.
 LIKES_KEPT = 2_000
@@ -79,8 +92,8 @@ class HomeTimeline:
         # which the read fetches in the same round trip as the page: a current copy spares
         # the Postgres query that was a third of a timeline read. Entries also expire, in
         # case a bump was lost with Redis.
-        self._followees: ExpiringCache[int, CachedFollowees] = ExpiringCache(60.0)
-        self._likes: ExpiringCache[int, CachedLikes] = ExpiringCache(60.0)
+        self._followees: ExpiringCache[int, CachedFollowees] = ExpiringCache(COPY_SECONDS)
+        self._likes: ExpiringCache[int, CachedLikes] = ExpiringCache(COPY_SECONDS)
 
     async def read(
         self, user_id: int, *, before: int | None = None, after: int | None = None, limit: int = 20
@@ -142,7 +155,8 @@ class HomeTimeline:
             return (cached.normal, cached.celebrities), pages
         # Versions are read before the follow list, so a change committed in between leaves
         # the copy newer than its versions say, never older: the next read reloads it.
-        normal, celebrities = await self._follows.followees(user_id)
+        loaded = await self._follows.followees(user_id)
+        normal, celebrities = tuple(loaded[0]), tuple(loaded[1])
         self._followees.put(user_id, CachedFollowees(pages.versions, normal, celebrities))
         if cached is None or cached.celebrities != celebrities:
             authors = await self._store.author_pages(
@@ -170,7 +184,7 @@ class HomeTimeline:
             if cached is not None and cached.version == version and oldest >= cached.oldest:
                 return {t for t in tweet_ids if t in cached.tweet_ids}
             found, complete_from = await self._tweets.liked_since(user_id, oldest, limit=LIKES_KEPT)
-            self._likes.put(user_id, CachedLikes(version, complete_from, frozenset(found)))
+            self._likes.put(user_id, CachedLikes(version, complete_from, dict.fromkeys(found)))
             if oldest >= complete_from:
                 return {t for t in tweet_ids if t in found}
             # A prolific liker: the copy holds only the newest likes; ask for these.

@@ -27,7 +27,7 @@ from domain.rules import (
 )
 from domain.timeline import page_cursor
 from storage.local_cache import ExpiringCache
-from storage.redis_store import REDIS_ERRORS, RateLimitDecision
+from storage.redis_store import REDIS_ERRORS, PendingWrites, RateLimitDecision
 from storage.request_id import current_request_id
 from storage.sessions import Session
 from storage.timeline import HomePage
@@ -42,7 +42,7 @@ SESSION_LIFETIME = timedelta(days=30)
 LAST_SEEN_RESOLUTION = timedelta(hours=1)
 
 
-class Principal(msgspec.Struct, frozen=True):
+class Principal(msgspec.Struct, frozen=True, gc=False):
     user: User
     last_seen_at: datetime
     token_hash: bytes
@@ -76,8 +76,17 @@ class Chirp:
             2 * services.settings.auth_cache_seconds
         )
         # Tokens signed out here whose tombstone Redis did not take (storage/sessions.py):
-        # written with the next attempt that gets through, and refused here meanwhile.
-        self._unrevoked: set[bytes] = set()
+        # refused here until it does.
+        self._unrevoked: PendingWrites[bytes] = PendingWrites(
+            services.sessions.revoke, services.breaker
+        )
+        # Readers who liked or unliked here while Redis refused the bump of their likes'
+        # version. Other processes keep a reader's likes as long as it is unchanged
+        # (storage/timeline.py), up to ten minutes; follow list versions need no such
+        # retry: the fanout worker bumps them again from the follow events.
+        self._unbumped_likes: PendingWrites[int] = PendingWrites(
+            services.store.bump_like_versions, services.breaker
+        )
 
     # -- best effort on derived stores -------------------------------------------------
 
@@ -191,17 +200,9 @@ class Chirp:
         await self._revoke_sessions([principal.token_hash])
 
     async def _revoke_sessions(self, token_hashes: list[bytes]) -> None:
-        """Tried even while the breaker is open, like a tweet's invalidation: a skipped
-        tombstone leaves the token usable through other processes for the copy's lifetime."""
-        pending = [*self._unrevoked, *token_hashes]
-        try:
-            await self.s.sessions.revoke(pending)
-        except REDIS_ERRORS:
-            self.s.breaker.trip()
-            if len(self._unrevoked) < 100_000:
-                self._unrevoked.update(token_hashes)
-        else:
-            self._unrevoked.difference_update(pending)
+        """A skipped tombstone leaves the token usable through other processes for the
+        shared copy's lifetime."""
+        await self._unrevoked.write(token_hashes)
 
     # -- users and the follow graph --------------------------------------------------------
 
@@ -360,7 +361,7 @@ class Chirp:
         await self.s.reader.forget_tweets([tweet_id])
         # Processes keep a copy of each reader's likes while this version is unchanged.
         self.s.timelines.forget_reader(principal.user.id)
-        await self._invalidate(self.s.store.bump_like_version(principal.user.id))
+        await self._unbumped_likes.write([principal.user.id])
         return count
 
     async def replies(
@@ -387,6 +388,8 @@ class Chirp:
         self, principal: Principal, *, before: int | None, after: int | None, limit: int
     ) -> HomePage:
         user_id = principal.user.id
+        if self._unbumped_likes and self.s.breaker.closed:
+            await self._unbumped_likes.write()
         now = datetime.now(UTC)
         if now - principal.last_seen_at > LAST_SEEN_RESOLUTION:
             inactive = now - principal.last_seen_at > timedelta(days=self.s.settings.active_days)

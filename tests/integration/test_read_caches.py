@@ -241,3 +241,27 @@ async def test_a_new_tweet_is_cached_as_postgres_holds_it_before_its_201(
     # The reply changed the parent's count: its copy is dropped, not kept stale.
     assert await cached(parent) is None
     assert (await in_postgres(parent)).reply_count == 1
+
+
+async def test_a_like_whose_version_redis_refused_reaches_the_other_processes_once_it_gets_through(
+    api: Api, other_process: Api, pg: asyncpg.Connection
+) -> None:
+    # Other processes keep a reader's likes while their version in Redis is unchanged: a
+    # bump Redis refused must be retried, or they show the old flag for the copy's lifetime.
+    reader, author = await api.sign_up(), await api.sign_up()
+    await reader.follow(author)
+    tweet = await author.post("liked while Redis was unreachable from one process")
+    elsewhere = through(other_process, reader)
+
+    async def liked_elsewhere() -> bool:
+        return bool((await elsewhere.timeline())["tweets"][0]["liked"])
+
+    assert not await liked_elsewhere()  # the other process keeps the likes now
+    # The like committed, and this process's bump of the likes' version failed.
+    await pg.execute(
+        "INSERT INTO likes (user_id, tweet_id) VALUES ($1, $2)", int(reader.id), int(tweet["id"])
+    )
+    api.client.app.state.chirp._unbumped_likes.add(int(reader.id))
+    assert not await liked_elsewhere()
+    await reader.timeline()  # the next read here retries the bump
+    assert await liked_elsewhere()
