@@ -681,6 +681,16 @@ def _prepare_nats(nats_url: str, service_dir: Path, log: Callable[[str], None]) 
     )
 
 
+def typesense_peering_port(address: str, api_port: int) -> int:
+    """Raft's peering port is recorded in the data dir, so keep it stable (api port - 1,
+    Typesense's own default pairing) unless that is taken. Taken means unbindable, not only
+    listened on: a test's random API port once sat next to a client connection's local
+    port, and Typesense exited, failing to start its peering service."""
+    if api_port > 1024 and tcp_bindable(address, api_port - 1):
+        return api_port - 1
+    return free_port(address)
+
+
 def _prepare_typesense(
     typesense_url: str, api_key: str, service_dir: Path, log: Callable[[str], None]
 ) -> ManagedProcess:
@@ -693,13 +703,7 @@ def _prepare_typesense(
         )
     host, port = _host_port(typesense_url, 8108)
     address = _ip_for(host)
-    # Raft's peering port is recorded in the data dir, so keep it stable
-    # (api port - 1, Typesense's own default pairing) unless that is taken. Taken means
-    # unbindable, not only listened on: a test's random port once sat next to a client
-    # connection's local port, and Typesense exited, failing to start its peering service.
-    peering_port = (
-        port - 1 if port > 1024 and tcp_bindable(address, port - 1) else free_port(address)
-    )
+    peering_port = typesense_peering_port(address, port)
     data_dir = service_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     return ManagedProcess(

@@ -733,8 +733,8 @@ class PendingWrites(Generic[K]):
     sign-out's tombstone, a version bump), by what they are about. Tried even while the
     breaker is open: a skipped one would leave the copies stale for their whole lifetime,
     while a failed attempt costs little. What Redis did not take is kept and written again
-    with the next attempt that gets through; callers treat a pending key as already
-    changed (a token refused, a cached tweet not read)."""
+    with the next attempt that gets through; where they can, callers treat a pending key
+    as already changed (a token refused, a cached tweet not read)."""
 
     def __init__(
         self,

@@ -32,11 +32,10 @@ NO_UPPER_BOUND = 2**63 - 1
 Followees = tuple[Sequence[int], Sequence[int]]  # (normal authors, celebrities)
 
 
-# The per-process copies below are out of the cyclic collector's sight (gc=False; tuples of
-# ints and dicts of ints it untracks by itself): it walked every id in them, and each full
-# collection over a warm process's follow lists and likes (and, before the domain's structs
-# were untracked too, its decoded tweets and authors) stalled the event loop 25-50 ms, the
-# timeline's p99. None of them can be part of a reference cycle.
+# The per-process copies below hold ids in tuples and dicts of ints, which the cyclic
+# collector untracks, not in lists and frozensets, which it walks element by element: over a
+# warm process's 2,000 readers each full collection took 7-8 ms of CPU, now 1-3.5
+# (bench/timeline.py at full size, measured with gc.callbacks).
 class CachedFollowees(msgspec.Struct, frozen=True, gc=False):
     versions: tuple[bytes | None, bytes | None]
     normal: tuple[int, ...]
@@ -52,10 +51,13 @@ class CachedLikes(msgspec.Struct, frozen=True, gc=False):
 
 # How long a process keeps a reader's follow list and likes. Every read checks the copy's
 # version in Redis, so this only bounds how long a change whose version bump never reached
-# Redis goes unseen (the bumps are retried: follows by the fanout worker from their events,
-# likes by the process that took them). At 60 s, every warm reader's copies were reloaded
-# from Postgres each minute, in waves that queued the timeline at 80% of its peak for
-# seconds at a time (p99 100-200 ms; bench/timeline.py).
+# Redis goes unseen. Follow bumps are repeated by the fanout worker from their events until
+# Redis takes them; a like's bump is retried only by the process that took the like, so it
+# is lost if that process dies first (or holds 100,000 pending), and a Redis restarted from
+# an append-only file a second behind can bring back a version some copies still hold: in
+# those cases other processes show the old liked flag for up to this long. At 60 s every
+# warm reader's copies were reloaded from Postgres each minute, in waves that queued the
+# timeline at 80% of its peak for seconds at a time (p99 100-200 ms; bench/timeline.py).
 COPY_SECONDS = 600.0
 
 # Per user, the most likes a process keeps (the newest); older pages ask Postgres.

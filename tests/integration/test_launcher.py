@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from launcher.process import tcp_bindable
+from launcher.process import tcp_bindable, tcp_listening
 from launcher.services import (
     EmbeddedStack,
     ManagedProcess,
@@ -28,21 +28,26 @@ from launcher.services import (
     free_port,
     start_nats,
     start_redis,
+    typesense_peering_port,
 )
 
 
-def test_a_port_held_by_a_client_connection_is_not_bindable_though_nothing_listens_on_it() -> None:
-    # Typesense's peering port (its API port - 1) once collided with such a port.
+def test_typesense_peers_elsewhere_when_a_client_connection_holds_the_port_beside_its_api() -> None:
+    # Nothing listens on the port a client connection's local end holds, but no server can
+    # bind it: embedded Typesense once exited, failing to start its peering service there.
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         accepted, _ = server.accept()
         try:
             held = client.getsockname()[1]
-            assert not tcp_bindable("127.0.0.1", held)
+            assert not tcp_listening("127.0.0.1", held)
+            assert typesense_peering_port("127.0.0.1", held + 1) != held
         finally:
             client.close()
             accepted.close()
-    assert tcp_bindable("127.0.0.1", free_port())
+    api_port = free_port()
+    if tcp_bindable("127.0.0.1", api_port - 1):
+        assert typesense_peering_port("127.0.0.1", api_port) == api_port - 1
 
 
 def _redis_info(port: int) -> dict[str, object] | None:

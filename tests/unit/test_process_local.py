@@ -12,6 +12,7 @@ from storage.local_cache import ExpiringCache
 from storage.sessions import Session
 from storage.timeline import CachedFollowees, CachedLikes
 from storage.unique import unique_string
+from web.services import Principal
 
 
 def test_get_all_answers_only_when_every_key_is_there_and_current() -> None:
@@ -56,6 +57,7 @@ def test_what_a_warm_process_keeps_is_out_of_the_collectors_sight() -> None:
         Author(1, "ada", "Ada"),
         TweetView(tweet, user.as_author()),
         Session(user, now, None),
+        Principal(user, now, b"hash"),
         CachedFollowees((b"v", None), tuple(range(100)), (7,)),
         CachedLikes(b"v", 1, dict.fromkeys(range(100))),
     ]
