@@ -563,15 +563,16 @@ class FollowRepository:
         )
         return {r["followee_id"] for r in rows}
 
-    async def followees(self, follower_id: int) -> tuple[list[int], list[int]]:
-        """Whom the user follows, split into (normal authors, celebrities)."""
+    async def followees(self, follower_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Whom the user follows, split into (normal authors, celebrities). Tuples: web
+        processes keep them, and the collector untracks tuples of ints (storage/timeline.py)."""
         rows = await self._db.pool.fetch(
             "SELECT f.followee_id, u.is_celebrity FROM follows f"
             " JOIN users u ON u.id = f.followee_id WHERE f.follower_id = $1",
             follower_id,
         )
-        normal = [r["followee_id"] for r in rows if not r["is_celebrity"]]
-        celebrities = [r["followee_id"] for r in rows if r["is_celebrity"]]
+        normal = tuple(r["followee_id"] for r in rows if not r["is_celebrity"])
+        celebrities = tuple(r["followee_id"] for r in rows if r["is_celebrity"])
         return normal, celebrities
 
     async def page(

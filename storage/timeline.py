@@ -29,7 +29,7 @@ from storage.repositories import FollowRepository, TweetRepository
 NO_UPPER_BOUND = 2**63 - 1
 
 
-Followees = tuple[Sequence[int], Sequence[int]]  # (normal authors, celebrities)
+Followees = tuple[tuple[int, ...], tuple[int, ...]]  # (normal authors, celebrities)
 
 
 # The per-process copies below hold ids in tuples and dicts of ints, which the cyclic
@@ -157,8 +157,7 @@ class HomeTimeline:
             return (cached.normal, cached.celebrities), pages
         # Versions are read before the follow list, so a change committed in between leaves
         # the copy newer than its versions say, never older: the next read reloads it.
-        loaded = await self._follows.followees(user_id)
-        normal, celebrities = tuple(loaded[0]), tuple(loaded[1])
+        normal, celebrities = await self._follows.followees(user_id)
         self._followees.put(user_id, CachedFollowees(pages.versions, normal, celebrities))
         if cached is None or cached.celebrities != celebrities:
             authors = await self._store.author_pages(

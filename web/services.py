@@ -184,7 +184,7 @@ class Chirp:
         if not self.s.breaker.closed:
             return None
         if self._unrevoked:
-            await self._revoke_sessions([])
+            await self._unrevoked.write()
             if not self.s.breaker.closed:  # the retry found Redis down: so would the GET
                 return None
         try:
@@ -197,12 +197,9 @@ class Chirp:
         self._signed_out.put(principal.token_hash, True)
         self._principals.evict(principal.token_hash)
         await self.s.tokens.revoke(principal.token_hash)
-        await self._revoke_sessions([principal.token_hash])
-
-    async def _revoke_sessions(self, token_hashes: list[bytes]) -> None:
-        """A skipped tombstone leaves the token usable through other processes for the
-        shared copy's lifetime."""
-        await self._unrevoked.write(token_hashes)
+        # A skipped tombstone would leave the token usable through other processes for the
+        # shared copy's lifetime.
+        await self._unrevoked.write([principal.token_hash])
 
     # -- users and the follow graph --------------------------------------------------------
 
