@@ -60,6 +60,53 @@ def python_loop_ns() -> float:
     return round(best * 1000, 1)
 
 
+# Twice a second, the CPU time a fixed loop took, in ns per iteration, with the moment
+# (perf_counter: CLOCK_MONOTONIC, the same clock in every process of the machine).
+_HOST_SPEED_SAMPLER = """
+import time
+while True:
+    started = time.thread_time()
+    total = 0
+    for i in range(100_000):
+        total += i
+    print(time.perf_counter(), round((time.thread_time() - started) * 10_000, 1), flush=True)
+    time.sleep(0.5)
+"""
+
+
+class HostSpeed:
+    """How fast the machine was, moment by moment, while a step ran: a process of its own
+    timing a pure-Python loop twice a second (about 1% of one core). On 11-26 the same loop
+    took 28 to 58 ns per iteration within one idle minute, with no steal reported, and an
+    open-loop step paced at 80% of a peak measured in a fast moment queued up in a slow one:
+    this tells those runs from the server's own stalls. CPU time, not wall time, so the
+    step's own load on the cores does not count as slowness."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _HOST_SPEED_SAMPLER], stdout=subprocess.PIPE, text=True
+        )
+
+    def stop(self) -> list[tuple[float, float]]:
+        """The samples: (perf_counter moment, ns per iteration)."""
+        self._process.terminate()
+        output, _ = self._process.communicate(timeout=10)
+        samples = []
+        for line in output.splitlines():
+            moment, _, ns = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                samples.append((float(moment), float(ns)))
+        return samples
+
+
+def half_second_p99(latencies: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(began, latency ms) pairs to the p99 of each half second, by when requests began."""
+    buckets: dict[int, list[float]] = {}
+    for began, ms in latencies:
+        buckets.setdefault(int(began * 2), []).append(ms)
+    return [(key / 2, percentile(values, 0.99)) for key, values in sorted(buckets.items())]
+
+
 def cpu_jiffies() -> dict[str, int]:
     """The machine's CPU time by state since boot (/proc/stat; empty elsewhere)."""
     try:

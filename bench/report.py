@@ -60,6 +60,7 @@ class Report:
     # Lines printed under the table (and kept in the JSON): figures that are not rows.
     notes: list[str] = field(default_factory=list)
     plot: Callable[[Any], None] | None = None
+    figure_size: tuple[float, float] = (10, 4.5)
 
     def target(self, name: str, measured: float, target: float, kind: str, unit: str = "") -> None:
         self.targets.append(Target(name, measured, target, kind, unit))
@@ -107,7 +108,7 @@ class Report:
                 matplotlib.use("Agg")
                 import matplotlib.pyplot as plt
 
-                figure = plt.figure(figsize=(10, 4.5))
+                figure = plt.figure(figsize=self.figure_size)
                 self.plot(figure)
                 figure.suptitle(
                     f"{self.name} ({self.size}, load {self.load_start[0]}→{load_end[0]})"

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import CpuMeter, get_request, log, run_load, serving
+from bench.common import (
+    CpuMeter,
+    HostSpeed,
+    get_request,
+    half_second_p99,
+    log,
+    percentile,
+    run_load,
+    serving,
+)
 from bench.context import Context
 from bench.report import Report
 from launcher.process import free_port
@@ -50,10 +59,33 @@ async def run(ctx: Context) -> dict[str, Any]:
                     f" p99 {r.summary()['p99_ms']} ms"
                 )
         peak = max(c["rps"] for c in curves["timeline"])
+        began: list[tuple[float, float]] = []
+
+        def note(status: int, body: bytes, start: float, done: float) -> None:
+            began.append((start, (done - start) * 1000))
+
+        host = HostSpeed()
         at80 = await run_load(
-            s.host, s.port, next_timeline, concurrency=64, seconds=ctx.step * 2, rate=0.8 * peak
+            s.host,
+            s.port,
+            next_timeline,
+            concurrency=64,
+            seconds=ctx.step * 2,
+            rate=0.8 * peak,
+            on_response=note,
         )
+        host_ns = host.stop()
         log(f"  timeline at 80% of peak ({0.8 * peak:,.0f}/s): {at80.summary()}")
+    # Over time: the p99 of each half second beside the host's speed then, both from the
+    # first request's moment.
+    origin = min((b for b, _ in began), default=0.0)
+    over_time = {
+        "p99_ms_by_half_second": [
+            [round(t - origin, 1), round(p, 2)] for t, p in half_second_p99(began)
+        ],
+        "host_loop_ns": [[round(t - origin, 1), ns] for t, ns in host_ns if t >= origin],
+    }
+    speeds = [ns for _, ns in over_time["host_loop_ns"]]
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async with serving(ctx.settings.with_overrides(redis_url=dead_redis), ctx.web_processes) as s:
@@ -80,6 +112,11 @@ async def run(ctx: Context) -> dict[str, Any]:
         report.notes.append(f"  {name:<9} " + ", ".join(f"{p} {v:,.1f}" for p, v in per.items()))
     if script_us is not None:
         report.notes.append(f"Redis's own time per timeline script call: {script_us:.1f} µs")
+    if speeds:
+        report.notes.append(
+            "The host during the 80% run, a pure-Python loop's CPU time per iteration: "
+            f"{min(speeds)} to {max(speeds)} ns (median {percentile(speeds, 0.5)})"
+        )
     report.target("timeline / trivial endpoint throughput", peak / health_peak, 0.5, "min")
     report.target("timeline p99 at 80% of peak", a["p99_ms"], 50, "max", " ms")
     report.target("Redis path / Postgres fallback throughput", peak / fallback_peak, 5, "min", "x")
@@ -88,13 +125,14 @@ async def run(ctx: Context) -> dict[str, Any]:
         "readers": len(tokens),
         "curves": curves,
         "at_80_percent": a,
+        "at_80_percent_over_time": over_time,
         "peaks": {"health": health_peak, "timeline": peak, "fallback": fallback_peak},
         "cpu_us_per_request": cpu,
         "redis_us_per_read_script": script_us,
     }
 
     def plot(figure: Any) -> None:
-        left, right = figure.subplots(1, 2)
+        left, right, timed = figure.subplots(1, 3)
         for name, points in curves.items():
             xs = [p["concurrency"] for p in points]
             left.plot(xs, [p["rps"] for p in points], marker="o", label=name)
@@ -106,8 +144,19 @@ async def run(ctx: Context) -> dict[str, Any]:
             ax.set_ylabel(label)
             ax.legend()
         right.set_yscale("log")
+        seconds = [t for t, _ in over_time["p99_ms_by_half_second"]]
+        timed.plot(seconds, [p for _, p in over_time["p99_ms_by_half_second"]], label="p99 ms")
+        timed.axhline(50, color="grey", linestyle="--")
+        timed.set_xlabel("seconds into the 80% run")
+        timed.set_ylabel("p99 ms of each half second")
+        host_axis = timed.twinx()
+        host_axis.plot(
+            [t for t, _ in over_time["host_loop_ns"]], speeds, color="tab:red", label="host"
+        )
+        host_axis.set_ylabel("host: ns per loop iteration (higher is slower)", color="tab:red")
 
     report.plot = plot
+    report.figure_size = (15, 4.5)
     return report.finish()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import CpuMeter, cpu_jiffies, steal_share
+from bench.common import CpuMeter, HostSpeed, cpu_jiffies, half_second_p99, steal_share
 
 # Says it is ready, waits for the go file, burns 0.25 s of CPU, says it is done, then idles.
 WORKER = """
@@ -95,3 +95,20 @@ def test_the_machine_reads_its_own_cpu_time_by_state() -> None:
         return
     assert {"user", "system", "idle", "steal"} <= set(jiffies)
     assert all(value >= 0 for value in jiffies.values())
+
+
+def test_the_host_speed_sampler_reports_the_loops_speed_twice_a_second() -> None:
+    host = HostSpeed()
+    started = time.perf_counter()
+    time.sleep(1.3)
+    samples = host.stop()
+    assert len(samples) >= 2
+    assert all(started - 1 < moment < time.perf_counter() for moment, _ in samples)
+    # ns per iteration of a pure-Python loop: a few to a few hundred on any machine.
+    assert all(1 < ns < 1000 for _, ns in samples)
+
+
+def test_the_p99_of_each_half_second_is_taken_by_when_requests_began() -> None:
+    slow = [(10.1, 1.0)] * 99 + [(10.2, 80.0)]
+    quick = [(10.6, 2.0)] * 100
+    assert half_second_p99(slow + quick) == [(10.0, 80.0), (10.5, 2.0)]
