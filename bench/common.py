@@ -76,7 +76,7 @@ while True:
 
 class HostSpeed:
     """How fast the machine was, moment by moment, while a step ran: a process of its own
-    timing a pure-Python loop twice a second (about 1% of one core). On 11-26 the same loop
+    timing a pure-Python loop twice a second (1-3% of one core). On 11-26 the same loop
     took 28 to 58 ns per iteration within one idle minute, with no steal reported, and an
     open-loop step paced at 80% of a peak measured in a fast moment queued up in a slow one:
     this tells those runs from the server's own stalls. CPU time, not wall time, so the
@@ -100,7 +100,8 @@ class HostSpeed:
 
 
 def half_second_p99(latencies: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(began, latency ms) pairs to the p99 of each half second, by when requests began."""
+    """(began, latency ms) pairs to the p99 of each half second, by when requests began
+    (the half seconds counted from 0.0 on the same clock)."""
     buckets: dict[int, list[float]] = {}
     for began, ms in latencies:
         buckets.setdefault(int(began * 2), []).append(ms)

@@ -62,26 +62,29 @@ async def run(ctx: Context) -> dict[str, Any]:
         began: list[tuple[float, float]] = []
 
         def note(status: int, body: bytes, start: float, done: float) -> None:
-            began.append((start, (done - start) * 1000))
+            if status == 200:  # as the run's own latencies
+                began.append((start, (done - start) * 1000))
 
         host = HostSpeed()
-        at80 = await run_load(
-            s.host,
-            s.port,
-            next_timeline,
-            concurrency=64,
-            seconds=ctx.step * 2,
-            rate=0.8 * peak,
-            on_response=note,
-        )
-        host_ns = host.stop()
+        try:
+            at80 = await run_load(
+                s.host,
+                s.port,
+                next_timeline,
+                concurrency=64,
+                seconds=ctx.step * 2,
+                rate=0.8 * peak,
+                on_response=note,
+            )
+        finally:
+            host_ns = host.stop()
         log(f"  timeline at 80% of peak ({0.8 * peak:,.0f}/s): {at80.summary()}")
-    # Over time: the p99 of each half second beside the host's speed then, both from the
-    # first request's moment.
+    # Over time, in seconds from the first request: the p99 of each half second beside the
+    # host's speed then.
     origin = min((b for b, _ in began), default=0.0)
     over_time = {
         "p99_ms_by_half_second": [
-            [round(t - origin, 1), round(p, 2)] for t, p in half_second_p99(began)
+            [t, round(p, 2)] for t, p in half_second_p99([(b - origin, ms) for b, ms in began])
         ],
         "host_loop_ns": [[round(t - origin, 1), ns] for t, ns in host_ns if t >= origin],
     }

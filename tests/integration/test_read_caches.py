@@ -30,6 +30,12 @@ def through(api: Api, account: Account) -> Account:
     return Account(api, account.username, account.id, account.token)
 
 
+async def the_tweet_is_liked(account: Account) -> bool:
+    """Whether the one tweet of the account's home timeline shows as liked."""
+    (shown,) = (await account.timeline())["tweets"]
+    return bool(shown["liked"])
+
+
 async def test_a_follow_through_one_process_shows_on_the_next_read_through_another(
     api: Api, other_process: Api
 ) -> None:
@@ -110,16 +116,11 @@ async def test_a_like_through_one_process_shows_on_the_next_read_through_another
     await reader.follow(author)
     tweet = await author.post("likeable")
     elsewhere = through(other_process, reader)
-
-    async def liked() -> bool:
-        (shown,) = (await elsewhere.timeline())["tweets"]
-        return bool(shown["liked"])
-
-    assert not await liked()  # the other process now holds the reader's likes
+    assert not await the_tweet_is_liked(elsewhere)  # the other process now holds the reader's likes
     await reader.like(tweet["id"])
-    assert await liked()
+    assert await the_tweet_is_liked(elsewhere)
     await reader.unlike(tweet["id"])
-    assert not await liked()
+    assert not await the_tweet_is_liked(elsewhere)
 
 
 async def test_counts_and_deletions_show_on_the_next_read_through_another_process(
@@ -252,16 +253,12 @@ async def test_a_like_whose_version_redis_refused_reaches_the_other_processes_on
     await reader.follow(author)
     tweet = await author.post("liked while Redis was unreachable from one process")
     elsewhere = through(other_process, reader)
-
-    async def liked_elsewhere() -> bool:
-        return bool((await elsewhere.timeline())["tweets"][0]["liked"])
-
-    assert not await liked_elsewhere()  # the other process keeps the likes now
+    assert not await the_tweet_is_liked(elsewhere)  # the other process keeps the likes now
     # The like committed, and this process's bump of the likes' version failed.
     await pg.execute(
         "INSERT INTO likes (user_id, tweet_id) VALUES ($1, $2)", int(reader.id), int(tweet["id"])
     )
     api.client.app.state.chirp._unbumped_likes.add(int(reader.id))
-    assert not await liked_elsewhere()
+    assert not await the_tweet_is_liked(elsewhere)
     await reader.timeline()  # the next read here retries the bump
-    assert await liked_elsewhere()
+    assert await the_tweet_is_liked(elsewhere)
